@@ -1,0 +1,3 @@
+from admin_ds.cli import main
+
+raise SystemExit(main())

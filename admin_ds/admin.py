@@ -1,0 +1,200 @@
+"""Admin's ω: the profiling statistics, the profile file, and the rank-0 profiling hook.
+
+The math (Liu et al. 2020, "Understanding the Difficulty of Training Transformers", Admin; see
+docs/admin.md). One training-mode forward over one batch; encoder and decoder keep separate accumulators
+r, each starting at 1. Walking the sublayers in order:
+
+    ω_i   <- r                                (set before the shortcut is added: later sublayers see it)
+    v_in  = Var(ω_i ⊙ x_{i-1})                (one fp32 scalar over every position and feature)
+    v_out = Var(Dropout(f_i(x_{i-1})))
+    r     <- sqrt(v_in + v_out)
+
+so ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j]: the shortcut grows with the variance earlier branches added.
+
+This module needs only torch (and torch.distributed for the broadcast); engine.py supplies the DeepSpeed
+part of the hook, i.e. how profiled values reach parameters that DeepSpeed has partitioned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from admin_ds.errors import UserError
+
+STACKS = ("encoder", "decoder")
+
+
+class _StackProfiler:
+    """The accumulator r of one stack; called by each Residual in order during the profiling forward."""
+
+    def __init__(self) -> None:
+        self.r = 1.0
+        self.omegas: list[float] = []
+
+    def __call__(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        omega = self.r
+        v_in = (shortcut.float() * omega).var()
+        v_out = branch.float().var()
+        self.omegas.append(omega)
+        self.r = math.sqrt(float(v_in + v_out))
+        return torch.tensor(omega, dtype=shortcut.dtype, device=shortcut.device)
+
+
+@dataclass
+class OmegaProfile:
+    """One ω scalar per sublayer: ``encoder`` has 2N values, ``decoder`` 3M (admin.md's order)."""
+
+    encoder: list[float]
+    decoder: list[float]
+
+    # --- checks --------------------------------------------------------------------------------------
+    def check_fits(self, encoder_layers: int, decoder_layers: int, source: str = "profile") -> "OmegaProfile":
+        if len(self.encoder) != 2 * encoder_layers or len(self.decoder) != 3 * decoder_layers:
+            raise UserError(
+                f"{source}: has {len(self.encoder)} encoder and {len(self.decoder)} decoder sublayers, the model "
+                f"needs {2 * encoder_layers} and {3 * decoder_layers} ({encoder_layers} encoder / "
+                f"{decoder_layers} decoder layers)")
+        return self
+
+    # --- the reference's profile.ratio.init format ---------------------------------------------------
+    def to_text(self) -> str:
+        lines = [f"{i} {value!r}" for block in (self.encoder, self.decoder) for i, value in enumerate(block, 1)]
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write atomically: a temporary file renamed into place, so a crash never leaves half a profile."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(self.to_text())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "OmegaProfile":
+        """Parse ``INDEX VALUE`` lines: encoder block indexed 1..2N, then decoder block from 1 again."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise UserError(f"profile file not found: {path}") from None
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not a text profile file (invalid UTF-8 at byte {err.start})") from None
+        blocks: list[list[float]] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            try:
+                index_value, value = float(fields[0]), float(fields[1])
+                if len(fields) != 2 or index_value != int(index_value):
+                    raise ValueError
+            except (ValueError, IndexError):
+                raise UserError(f"{path}:{number}: expected 'INDEX VALUE', got {line.strip()!r}") from None
+            index = int(index_value)
+            if index == 1:
+                blocks.append([])
+            if not blocks or index != len(blocks[-1]) + 1:
+                expected = len(blocks[-1]) + 1 if blocks else 1
+                raise UserError(f"{path}:{number}: index {index} out of order (expected {expected} or 1)")
+            if not math.isfinite(value) or value <= 0:
+                raise UserError(f"{path}:{number}: ω must be a finite positive number, got {fields[1]}")
+            blocks[-1].append(value)
+        if len(blocks) != 2:
+            raise UserError(f"{path}: expected an encoder block and a decoder block (each starting at index 1), "
+                            f"found {len(blocks)} block(s)")
+        return cls(blocks[0], blocks[1])
+
+    # --- moving ω between ranks and into a model ---------------------------------------------------
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.encoder + self.decoder, dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor, encoder_sublayers: int) -> "OmegaProfile":
+        flat = values.double().cpu().tolist()
+        return cls(flat[:encoder_sublayers], flat[encoder_sublayers:])
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "OmegaProfile":
+        """Read ω back from a model (the mean of each vector: trained ω is no longer one constant)."""
+        values = {stack: [float(r.omega.detach().float().mean()) for r in model.residuals(stack)] for stack in STACKS}
+        return cls(values["encoder"], values["decoder"])
+
+    def targets(self, model: torch.nn.Module) -> Iterator[tuple[torch.nn.Parameter, float]]:
+        """(ω parameter, value) pairs in sublayer order; refuses a model without ω or of another depth."""
+        if not hasattr(model, "residuals") or model.cfg.residual != "admin":
+            raise UserError("an ω profile only applies to a model with --residual admin")
+        self.check_fits(model.cfg.encoder_layers, model.cfg.decoder_layers)
+        for stack, values in (("encoder", self.encoder), ("decoder", self.decoder)):
+            for residual, value in zip(model.residuals(stack), values):
+                yield residual.omega, value
+
+    def apply_(self, model: torch.nn.Module) -> None:
+        """Fill every ω vector with its profiled scalar (for a model DeepSpeed has not wrapped yet)."""
+        with torch.no_grad():
+            for param, value in self.targets(model):
+                param.fill_(value)
+
+    def summary(self) -> str:
+        enc, dec = self.encoder, self.decoder
+        return (f"ω encoder {enc[0]:.3f} -> {enc[-1]:.3f} ({len(enc)} sublayers), "
+                f"decoder {dec[0]:.3f} -> {dec[-1]:.3f} ({len(dec)} sublayers)")
+
+
+@contextmanager
+def _profiling(model: torch.nn.Module) -> Iterator[dict[str, _StackProfiler]]:
+    profilers = {stack: _StackProfiler() for stack in STACKS}
+    residuals = {stack: model.residuals(stack) for stack in STACKS}
+    for stack in STACKS:
+        for residual in residuals[stack]:
+            residual.profiler = profilers[stack]
+    try:
+        yield profilers
+    finally:
+        for stack in STACKS:
+            for residual in residuals[stack]:
+                residual.profiler = None
+
+
+def profile_omega(model: torch.nn.Module, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor,
+                  dropout: bool = True, forward: Optional[Callable] = None) -> OmegaProfile:
+    """Run one profiling forward and return ω for every sublayer. Parameters are not modified.
+
+    Args:
+        model: an Admin TranslationModel (possibly wrapped by DeepSpeed; pass the bare module).
+        src_tokens [B, S], tgt_tokens [B, T]: the first training batch.
+        dropout: profile in training mode as the reference does; False makes it deterministic.
+        forward: what to call instead of ``model`` (e.g. a DeepSpeed engine, whose forward gathers
+            ZeRO-3 partitions); defaults to the model itself.
+    """
+    if getattr(getattr(model, "cfg", None), "residual", None) != "admin":
+        raise UserError("ω profiling needs a model with --residual admin")
+    was_training = model.training
+    model.train(dropout)
+    try:
+        with _profiling(model) as profilers, torch.no_grad():
+            (forward or model)(src_tokens, tgt_tokens)
+    finally:
+        model.train(was_training)
+    return OmegaProfile(profilers["encoder"].omegas, profilers["decoder"].omegas)
+
+
+def profile_on_rank0(model: torch.nn.Module, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor,
+                     dropout: bool = True, forward: Optional[Callable] = None,
+                     device: Optional[torch.device] = None) -> OmegaProfile:
+    """The rank-0 hook's first half: every rank runs the profiling forward (under ZeRO-3 a forward is a
+    collective, so rank 0 alone would hang), rank 0's statistics decide, and they are broadcast so every
+    rank returns bit-identical ω. Without an initialised process group this is ``profile_omega``.
+    """
+    profile = profile_omega(model, src_tokens, tgt_tokens, dropout=dropout, forward=forward)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return profile
+    values = profile.to_tensor().to(device or src_tokens.device)
+    dist.broadcast(values, src=0)
+    return OmegaProfile.from_tensor(values, len(profile.encoder))

@@ -1,0 +1,114 @@
+"""Multi-head attention over torch's scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
+
+Masks: ``key_padding_mask`` is boolean [batch, key_time] with True marking padding, the convention of
+``torch.nn.Transformer``. SDPA's boolean masks mean the opposite (True = may attend); the conversion
+happens once, in ``_sdpa_mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from admin_ds.model.cache import AttentionCache
+
+
+class MultiheadAttention(nn.Module):
+    """Self- or cross-attention with optional key/value cache.
+
+    Self-attention projects queries, keys and values with one packed ``qkv_proj`` [3D, D] (one matmul);
+    cross-attention has ``q_proj`` for the decoder stream and a packed ``kv_proj`` [2D, D] for the encoder
+    output. Admin's reparameterisation scales these input projections column-wise (convert.py).
+
+    Args:
+        d_model: feature size D.
+        nhead: number of heads H (D must be divisible by H).
+        dropout: attention-probability dropout.
+        cross: True for encoder-decoder attention.
+        value_gain / out_gain: Xavier gains for the value and output projections (DeepNorm's β).
+    """
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, cross: bool = False,
+                 value_gain: float = 1.0, out_gain: float = 1.0):
+        super().__init__()
+        self.nhead = nhead
+        self.head_dim = d_model // nhead
+        self.dropout = dropout
+        self.cross = cross
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+            kv_weight = self.kv_proj.weight
+            nn.init.xavier_uniform_(self.q_proj.weight)
+            nn.init.xavier_uniform_(kv_weight[:d_model])
+            nn.init.xavier_uniform_(kv_weight[d_model:], gain=value_gain)
+            for bias in (self.q_proj.bias, self.kv_proj.bias):
+                nn.init.zeros_(bias)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+            qkv_weight = self.qkv_proj.weight
+            nn.init.xavier_uniform_(qkv_weight[: 2 * d_model])
+            nn.init.xavier_uniform_(qkv_weight[2 * d_model:], gain=value_gain)
+            nn.init.zeros_(self.qkv_proj.bias)
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.out_proj.weight, gain=out_gain)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, self.nhead, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+
+    def forward(self, query: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                key_padding_mask: Optional[torch.Tensor] = None, causal: bool = False,
+                cache: Optional[AttentionCache] = None) -> torch.Tensor:
+        """Attend from ``query`` [B, T, D] to itself (self) or to ``memory`` [B, S, D] (cross).
+
+        ``causal`` hides future keys (decoder self-attention without a cache). With a ``cache``, self-
+        attention appends this call's keys/values to it and cross-attention projects ``memory`` only once.
+        Returns [B, T, D].
+        """
+        if self.cross:
+            q = self._heads(self.q_proj(query))
+            if cache is not None and cache.key is not None:
+                k, v = cache.key, cache.value
+            else:
+                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                if cache is not None:
+                    cache.key, cache.value = k, v
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(query).chunk(3, dim=-1))
+            if cache is not None:
+                if cache.key is not None:
+                    k = torch.cat([cache.key, k], dim=2)
+                    v = torch.cat([cache.value, v], dim=2)
+                cache.key, cache.value = k, v
+        attn_mask, is_causal = _sdpa_mask(key_padding_mask, causal, q.size(2), k.size(2), q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                             dropout_p=self.dropout if self.training else 0.0)  # [B, H, T, Dh]
+        batch, _, time, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, time, -1))
+
+
+def _sdpa_mask(key_padding_mask: Optional[torch.Tensor], causal: bool, q_len: int, k_len: int,
+               device: torch.device) -> tuple[Optional[torch.Tensor], bool]:
+    """Combine padding and causality into SDPA's (attn_mask, is_causal): True in attn_mask = may attend.
+
+    Without padding the causal case stays ``is_causal=True`` so that fused kernels remain eligible.
+    When cached keys precede the queries, query i sits at key position k_len - q_len + i.
+    """
+    if key_padding_mask is None:
+        if causal and q_len == k_len:
+            return None, True
+        if not causal:
+            return None, False
+    allowed = None
+    if key_padding_mask is not None:
+        allowed = (~key_padding_mask)[:, None, None, :]  # [B, 1, 1, S]
+    if causal:
+        offset = k_len - q_len
+        future = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=offset)  # [T, S]
+        allowed = future if allowed is None else allowed & future
+    return allowed, False

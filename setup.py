@@ -1,0 +1,26 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="admin-ds",
+    version="0.1.0",
+    description="Very deep Admin Transformers for machine translation, trained with DeepSpeed",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["admin_ds", "admin_ds.*"]),
+    # torch is a range on purpose: GPU users install their own CUDA build first and keep it.
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "sentencepiece>=0.1.99",
+        "sacrebleu>=2.3",
+        "numpy>=1.24",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "tensorboard>=2.12",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    entry_points={"console_scripts": ["admin-ds=admin_ds.cli:main"]},
+)
