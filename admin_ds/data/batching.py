@@ -1,0 +1,241 @@
+"""Token-based batches: collation into padded tensors, a length-bucketed sharded sampler, an epoch iterator.
+
+Batching follows fairseq's `--max-tokens`: a batch of B pairs whose longest padded side has L positions
+(ids plus the EOS or BOS the model adds) satisfies B * L <= max_tokens, for source and target alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from admin_ds.data.dataset import ParallelDataset
+from admin_ds.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from admin_ds.errors import UserError
+
+
+@dataclass
+class Batch:
+    """A padded batch; every tensor is right-padded with PAD_ID.
+
+    Shape legend: N batch, S source time, T target time.
+        src_tokens: [N, S] source ids + EOS
+        tgt_input:  [N, T] BOS + target ids (what the decoder reads)
+        tgt_output: [N, T] target ids + EOS (what it must predict, position by position)
+        ntokens:    number of non-pad tokens in tgt_output (the loss normaliser)
+        ids:        [N] dataset indices of the pairs
+    """
+
+    src_tokens: torch.Tensor
+    tgt_input: torch.Tensor
+    tgt_output: torch.Tensor
+    ntokens: int
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.numel()
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        """The same batch with its tensors on `device`."""
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return dataclasses.replace(self, src_tokens=move(self.src_tokens), tgt_input=move(self.tgt_input),
+                                   tgt_output=move(self.tgt_output), ids=move(self.ids))
+
+
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int]) -> Batch:
+    """Pad raw (src_ids, tgt_ids) pairs into a Batch, adding EOS to the source and BOS/EOS to the target."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    n = len(examples)
+    src_time = max(len(src) for src, _ in examples) + 1
+    tgt_time = max(len(tgt) for _, tgt in examples) + 1
+    src_tokens = np.full((n, src_time), PAD_ID, dtype=np.int64)  # [N, S]
+    tgt_input = np.full((n, tgt_time), PAD_ID, dtype=np.int64)  # [N, T]
+    tgt_output = np.full((n, tgt_time), PAD_ID, dtype=np.int64)  # [N, T]
+    ntokens = 0
+    for row, (src, tgt) in enumerate(examples):
+        src_tokens[row, : len(src)] = src
+        src_tokens[row, len(src)] = EOS_ID
+        tgt_input[row, 0] = BOS_ID
+        tgt_input[row, 1 : len(tgt) + 1] = tgt
+        tgt_output[row, : len(tgt)] = tgt
+        tgt_output[row, len(tgt)] = EOS_ID
+        ntokens += len(tgt) + 1
+    return Batch(torch.from_numpy(src_tokens), torch.from_numpy(tgt_input), torch.from_numpy(tgt_output),
+                 ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)))
+
+
+class TokenBatchSampler:
+    """Length-bucketed token batches, reshuffled every epoch, sharded over data-parallel ranks.
+
+    Each epoch: shuffle the pairs with a generator seeded by (seed, epoch); stable-sort them by padded
+    length (so equal lengths stay in random order and batch contents change between epochs); cut the
+    sorted list greedily into batches under `max_tokens`; shuffle the batch order; deal batch k to rank
+    k % world_size. All ranks compute the same global list from the same seed, so no communication is needed.
+
+    Equal batch counts per rank: when the number of batches is not a multiple of world_size, the batches
+    with the most pairs are halved until it is. A half of a valid batch is valid (fewer rows, no longer
+    rows) and every pair is still used exactly once per epoch across ranks; repeating batches instead would
+    train on some pairs twice. Greedy batching depends only on the sorted lengths, which are the same every
+    epoch, so the count per rank (`len(sampler)`) is the same every epoch too.
+
+    Resume: `position` counts the batches this rank has handed out in `epoch`. It is the same on every rank
+    (equal counts), so the state saved by rank 0 restores all ranks; a sampler restored with
+    `load_state_dict` yields exactly the batches the saved one had not yet yielded.
+
+    Args:
+        src_sizes, tgt_sizes: [n] ids per sentence, without EOS/BOS.
+        max_tokens: bound on batch size * longest padded side.
+        seed: shuffling seed; shared by all ranks.
+        rank, world_size: this process's data-parallel rank and the number of ranks.
+        shuffle: False for validation: batches in length order, identical every epoch.
+    """
+
+    def __init__(self, src_sizes, tgt_sizes, max_tokens: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        src_sizes = np.asarray(src_sizes, dtype=np.int64)
+        tgt_sizes = np.asarray(tgt_sizes, dtype=np.int64)
+        if src_sizes.shape != tgt_sizes.shape or src_sizes.ndim != 1:
+            raise ValueError(f"src_sizes {src_sizes.shape} and tgt_sizes {tgt_sizes.shape} must be equal 1-d shapes")
+        if max_tokens < 1:
+            raise UserError(f"--max-tokens must be positive, got {max_tokens}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0 .. world_size - 1 = {world_size - 1}")
+        self.src_sizes, self.tgt_sizes = src_sizes, tgt_sizes
+        # Positions a pair occupies in a padded batch: its longer side plus the added EOS/BOS.
+        self.num_tokens = np.maximum(src_sizes, tgt_sizes) + 1
+        too_long = np.flatnonzero(self.num_tokens > max_tokens)
+        if too_long.size:
+            first = int(too_long[0])
+            raise UserError(f"{too_long.size} pairs are longer than --max-tokens {max_tokens} (pair {first} needs "
+                            f"{self.num_tokens[first]} with EOS/BOS); raise --max-tokens or prepare the data with "
+                            f"--max-positions {max_tokens}")
+        if len(src_sizes) < world_size:
+            raise UserError(f"{len(src_sizes)} pairs cannot give each of {world_size} ranks a batch")
+        self.max_tokens, self.seed, self.rank, self.world_size, self.shuffle = max_tokens, seed, rank, world_size, shuffle
+        self.epoch = 1
+        self.position = 0
+        self._cached_epoch, self._cached_batches = None, None
+        self._rank_batches(self.epoch)  # fail now, not mid-training, if equal counts are impossible
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (the same for every rank and every epoch)."""
+        return len(self._rank_batches(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of `epoch`; a no-op for the current epoch, so it cannot undo a resume."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield this rank's remaining batches of the current epoch, then move to the next epoch."""
+        if self.position >= len(self):  # resumed exactly at an epoch's end
+            self.set_epoch(self.epoch + 1)
+        batches = self._rank_batches(self.epoch)
+        while self.position < len(batches):
+            batch = batches[self.position]
+            self.position += 1  # before yielding: a state saved while the batch is in use excludes it
+            yield batch.tolist()
+        self.set_epoch(self.epoch + 1)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "max_tokens": self.max_tokens,
+                "world_size": self.world_size, "num_examples": len(self.src_sizes), "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state; the batch order must not depend on anything that changed since."""
+        for key in ("seed", "max_tokens", "world_size", "num_examples", "shuffle"):
+            saved, current = state.get(key), self.state_dict()[key]
+            if saved != current:
+                raise UserError(f"cannot resume the batch order: the checkpoint has {key}={saved}, this run has "
+                                f"{current}; resume with the same data, --max-tokens, --seed and number of ranks")
+        if not 0 <= state["position"] <= len(self._rank_batches(state["epoch"])):
+            raise UserError(f"cannot resume the batch order: position {state['position']} is out of range")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def _rank_batches(self, epoch: int) -> list[np.ndarray]:
+        if self._cached_epoch != epoch:
+            self._cached_batches = self._global_batches(epoch)[self.rank :: self.world_size]
+            self._cached_epoch = epoch
+        return self._cached_batches
+
+    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every rank's batches of `epoch`, as arrays of pair indices; a multiple of world_size of them."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.num_tokens)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        # lexsort is stable and sorts by its last key first: padded size, then source, then target length.
+        order = order[np.lexsort((self.tgt_sizes[order], self.src_sizes[order], self.num_tokens[order]))]
+        batches = _cut_greedily(order, self.num_tokens[order], self.max_tokens)
+        batches = _split_to_multiple(batches, self.world_size, n)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+
+def _cut_greedily(order: np.ndarray, sorted_tokens: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Cut `order` (sorted by padded size) into the fewest consecutive batches under `max_tokens`."""
+    cuts, start = [], 0
+    for pos, size in enumerate(sorted_tokens.tolist()):
+        # Sizes never decrease along `order`, so the newest pair sets the batch's padded length.
+        if (pos - start + 1) * size > max_tokens:
+            cuts.append(pos)
+            start = pos
+    return np.split(order, cuts)
+
+
+def _split_to_multiple(batches: list[np.ndarray], world_size: int, num_examples: int) -> list[np.ndarray]:
+    """Halve the largest batches until their number is a multiple of world_size (see TokenBatchSampler)."""
+    missing = -len(batches) % world_size
+    if len(batches) + missing > num_examples:
+        raise UserError(f"{num_examples} pairs cannot be split into a multiple of {world_size} batches, one "
+                        f"per rank and step; use fewer ranks or more data")
+    for _ in range(missing):
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
+class BatchIterator:
+    """Dataset + sampler + collate: `for batch in iterator` runs the rest of the current epoch.
+
+    The next `for` loop runs the next epoch. Collation happens in the calling process on demand, with no
+    prefetching worker, so `state_dict()` counts exactly the batches the caller has received.
+    """
+
+    def __init__(self, dataset: ParallelDataset, sampler: TokenBatchSampler):
+        if len(sampler.src_sizes) != len(dataset):
+            raise ValueError(f"sampler covers {len(sampler.src_sizes)} pairs but the dataset has {len(dataset)}")
+        self.dataset, self.sampler = dataset, sampler
+
+    @classmethod
+    def build(cls, dataset: ParallelDataset, max_tokens: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+              shuffle: bool = True) -> "BatchIterator":
+        sampler = TokenBatchSampler(dataset.src_sizes, dataset.tgt_sizes, max_tokens, seed=seed, rank=rank,
+                                    world_size=world_size, shuffle=shuffle)
+        return cls(dataset, sampler)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for ids in self.sampler:
+            yield collate([self.dataset[i] for i in ids], ids)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

@@ -1,0 +1,123 @@
+"""The on-disk layout of a prepared dataset and its description, `meta.json`.
+
+A directory written by `admin-ds prepare --out DIR` holds:
+
+    DIR/meta.json              what `load_meta` reads (format below)
+    DIR/spm.model              the joint SentencePiece model, or with --separate-vocab
+    DIR/spm.SRC.model          one model per language
+    DIR/spm.TGT.model
+    DIR/SPLIT.LANG.bin         token ids of every kept sentence, concatenated, no BOS/EOS   [total_tokens]
+    DIR/SPLIT.LANG.idx         int64 offsets into the .bin; sentence i is bin[idx[i]:idx[i+1]]   [n + 1]
+
+for SPLIT in train, valid (and test when given) and LANG in the two languages. The .bin files use the
+smallest unsigned integer type that holds every id (`meta["dtype"]`), so they can be memory-mapped as is.
+
+meta.json:
+
+    {"format": "admin-ds-binarized", "version": 1,
+     "source_lang": "de", "target_lang": "en", "joint_vocab": true,
+     "spm_model": {"src": "spm.model", "tgt": "spm.model"},
+     "vocab_size": {"src": 8000, "tgt": 8000},
+     "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+     "dtype": "uint16", "max_positions": 1024,
+     "splits": {"train": {"lines": ..., "examples": ..., "src_tokens": ..., "tgt_tokens": ...,
+                          "dropped": {"empty": ..., "too_long": ...}}, ...},
+     "dropped": {"empty": ..., "too_long": ...},
+     "spm_trained": true, "model_type": "bpe"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from admin_ds.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from admin_ds.errors import UserError
+
+META_FILE = "meta.json"
+FORMAT_NAME = "admin-ds-binarized"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+DROP_REASONS = ("empty", "too_long")
+
+
+def token_file(data_dir: Path, split: str, lang: str) -> Path:
+    return Path(data_dir) / f"{split}.{lang}.bin"
+
+
+def offset_file(data_dir: Path, split: str, lang: str) -> Path:
+    return Path(data_dir) / f"{split}.{lang}.idx"
+
+
+def spm_file_names(source_lang: str, target_lang: str, joint: bool) -> dict[str, str]:
+    """File names of the SentencePiece model(s) inside a prepared directory, keyed "src"/"tgt"."""
+    if joint:
+        return {"src": "spm.model", "tgt": "spm.model"}
+    return {"src": f"spm.{source_lang}.model", "tgt": f"spm.{target_lang}.model"}
+
+
+def smallest_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds ids 0 .. vocab_size - 1."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise UserError(f"vocabulary of {vocab_size} ids is too large")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the rest of the package needs to know about a prepared dataset."""
+
+    data_dir: Path
+    source_lang: str
+    target_lang: str
+    src_vocab_size: int
+    tgt_vocab_size: int
+    src_spm_path: Path
+    tgt_spm_path: Path
+    joint_vocab: bool
+    dtype: np.dtype
+    max_positions: int
+    split_sizes: dict[str, int]  # split name -> number of kept examples
+    pad_id: int = PAD_ID
+    unk_id: int = UNK_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+
+
+def load_meta(data_dir: str | Path) -> DataInfo:
+    """Read and check `DIR/meta.json`; a UserError says what is wrong when DIR is not a prepared dataset."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} does not exist; create it with `admin-ds prepare --out {data_dir}`")
+    meta_path = data_dir / META_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{data_dir} is not a prepared dataset (no {META_FILE}); create it with `admin-ds prepare`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        special = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+        if meta["special_ids"] != special:
+            raise ValueError(f"special ids {meta['special_ids']} differ from admin-ds's {special}")
+        info = DataInfo(
+            data_dir=data_dir,
+            source_lang=meta["source_lang"],
+            target_lang=meta["target_lang"],
+            src_vocab_size=int(meta["vocab_size"]["src"]),
+            tgt_vocab_size=int(meta["vocab_size"]["tgt"]),
+            src_spm_path=data_dir / meta["spm_model"]["src"],
+            tgt_spm_path=data_dir / meta["spm_model"]["tgt"],
+            joint_vocab=bool(meta["joint_vocab"]),
+            dtype=np.dtype(meta["dtype"]),
+            max_positions=int(meta["max_positions"]),
+            split_sizes={name: int(split["examples"]) for name, split in meta["splits"].items()},
+        )
+    except KeyError as error:
+        raise UserError(f"{meta_path} is not a valid admin-ds dataset description (missing key {error})") from None
+    except (ValueError, TypeError, AttributeError) as error:
+        raise UserError(f"{meta_path} is not a valid admin-ds dataset description ({error})") from None
+    return info
