@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from admin_ds.model.cache import AttentionCache
+from admin_ds.model.init import Linear
 
 
 class MultiheadAttention(nn.Module):
@@ -39,23 +40,11 @@ class MultiheadAttention(nn.Module):
         self.dropout = dropout
         self.cross = cross
         if cross:
-            self.q_proj = nn.Linear(d_model, d_model)
-            self.kv_proj = nn.Linear(d_model, 2 * d_model)
-            kv_weight = self.kv_proj.weight
-            nn.init.xavier_uniform_(self.q_proj.weight)
-            nn.init.xavier_uniform_(kv_weight[:d_model])
-            nn.init.xavier_uniform_(kv_weight[d_model:], gain=value_gain)
-            for bias in (self.q_proj.bias, self.kv_proj.bias):
-                nn.init.zeros_(bias)
+            self.q_proj = Linear(d_model, d_model)
+            self.kv_proj = Linear(d_model, 2 * d_model, gains=(1.0, value_gain))
         else:
-            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
-            qkv_weight = self.qkv_proj.weight
-            nn.init.xavier_uniform_(qkv_weight[: 2 * d_model])
-            nn.init.xavier_uniform_(qkv_weight[2 * d_model:], gain=value_gain)
-            nn.init.zeros_(self.qkv_proj.bias)
-        self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.out_proj.weight, gain=out_gain)
-        nn.init.zeros_(self.out_proj.bias)
+            self.qkv_proj = Linear(d_model, 3 * d_model, gains=(1.0, 1.0, value_gain))
+        self.out_proj = Linear(d_model, d_model, gains=(out_gain,))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape

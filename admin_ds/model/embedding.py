@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from admin_ds.model.init import EmbeddingTable
+
 
 def sinusoidal_positions(max_positions: int, d_model: int) -> torch.Tensor:
     """Position table [max_positions, D]: sin in the first half of the features, cos in the second."""
@@ -43,9 +45,5 @@ class Embedding(nn.Module):
 
 
 def make_table(vocab_size: int, d_model: int, pad_id: int) -> nn.Embedding:
-    """An embedding table with fairseq's init: N(0, D^-1/2), padding row zero."""
-    table = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
-    nn.init.normal_(table.weight, mean=0.0, std=d_model ** -0.5)
-    with torch.no_grad():
-        table.weight[pad_id].zero_()
-    return table
+    """An embedding table [V, D] with fairseq's init (see init.EmbeddingTable)."""
+    return EmbeddingTable(vocab_size, d_model, padding_idx=pad_id)

@@ -14,6 +14,7 @@ from torch import nn
 
 from admin_ds.model.attention import MultiheadAttention
 from admin_ds.model.cache import AttentionCache
+from admin_ds.model.init import Linear
 from admin_ds.model.residual import Residual
 
 
@@ -22,12 +23,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float, gain: float = 1.0):
         super().__init__()
-        self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.fc1 = Linear(d_model, ffn_dim, gains=(gain,))
+        self.fc2 = Linear(ffn_dim, d_model, gains=(gain,))
         self.activation_dropout = nn.Dropout(activation_dropout)
-        for linear in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(linear.weight, gain=gain)
-            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))

@@ -11,7 +11,20 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that normalises fp16 inputs in fp32: the variance of a shortcut scaled by ω (up to ~10
+    at 100 layers) is summed over D features, which fp16's 65504 ceiling and 10-bit mantissa handle badly.
+    Other dtypes take the plain path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float16:
+            return super().forward(x)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
 
 
 def deepnorm_coefficients(encoder_layers: int, decoder_layers: int) -> dict[str, tuple[float, float]]:
@@ -47,7 +60,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre_norm = scheme == "pre-ln"
         self.alpha = alpha
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(dropout)
         # ω starts at 1 (plain Post-LN) until profiling or a profile file sets it.
         self.omega = nn.Parameter(torch.ones(d_model)) if scheme == "admin" else None

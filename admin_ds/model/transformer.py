@@ -17,8 +17,9 @@ from admin_ds.errors import UserError
 from admin_ds.model.cache import DecoderCache
 from admin_ds.model.config import ModelConfig
 from admin_ds.model.embedding import Embedding, make_table
+from admin_ds.model.init import Linear
 from admin_ds.model.layers import DecoderLayer, EncoderLayer
-from admin_ds.model.residual import Residual, scheme_coefficients
+from admin_ds.model.residual import LayerNorm, Residual, scheme_coefficients
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Encoder(nn.Module):
                          cfg.attention_dropout, cfg.activation_dropout, cfg.layer_norm_eps)
             for _ in range(cfg.encoder_layers))
         # Pre-LN leaves the stream un-normalised after the last layer.
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.residual == "pre-ln" else None
+        self.norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.residual == "pre-ln" else None
         self.checkpoint_every = cfg.checkpoint_every
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class Decoder(nn.Module):
             DecoderLayer(cfg.d_model, cfg.nhead, cfg.ffn_dim, cfg.residual, alpha, gain, cfg.dropout,
                          cfg.attention_dropout, cfg.activation_dropout, cfg.layer_norm_eps)
             for _ in range(cfg.decoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.residual == "pre-ln" else None
+        self.norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.residual == "pre-ln" else None
         self.checkpoint_every = cfg.checkpoint_every
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_padding_mask: Optional[torch.Tensor],
@@ -110,11 +111,9 @@ class TranslationModel(nn.Module):
         self.tgt_embed = Embedding(tgt_table, cfg.max_positions, cfg.dropout)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.output_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.output_proj = Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False, init_std=cfg.d_model ** -0.5)
         if cfg.share_decoder_input_output_embed or cfg.share_all_embeddings:
             self.output_proj.weight = tgt_table.weight
-        else:
-            nn.init.normal_(self.output_proj.weight, mean=0.0, std=cfg.d_model ** -0.5)
 
     # --- Admin -------------------------------------------------------------------------------------
     def residuals(self, stack: str) -> list[Residual]:

@@ -1,0 +1,244 @@
+"""Everything DeepSpeed: process group, config, ``initialize``, ω into partitioned weights, checkpoints.
+
+This is the only module of the package that imports deepspeed. The model stays a plain ``nn.Module``;
+the training loop talks to DeepSpeed only through the functions here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from admin_ds.errors import UserError
+
+
+# --- processes ----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fill_rendezvous_env() -> None:
+    """Make the deepspeed launcher, torchrun, srun and a bare ``python`` look alike to init_distributed.
+
+    torchrun and the deepspeed launcher set RANK/WORLD_SIZE/LOCAL_RANK; srun sets SLURM_* (the SLURM
+    templates export MASTER_ADDR); a bare process gets a one-rank group on a free local port, since
+    without these variables deepspeed falls back to MPI discovery and fails without mpi4py.
+    """
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", "29500")
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join (or create) the process group; returns (rank, world_size, device)."""
+    fill_rendezvous_env()
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        # The shared-memory all-reduce op costs a ~25 s compile on first use and plain gloo gives
+        # identical results (deepspeed-notes.md); CPU runs are tests and demos, so skip it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+        device = torch.device(accelerator.device_name(local_rank))
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def finish_distributed() -> None:
+    """Barrier then destroy: without it two-rank runs sometimes abort at exit after finishing."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def add_deepspeed_arguments(parser) -> None:
+    """DeepSpeed's own flags (--deepspeed, --deepspeed_config) plus the launcher's --local_rank."""
+    deepspeed.add_config_arguments(parser)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                        help="set by the deepspeed launcher; read from LOCAL_RANK otherwise")
+
+
+def fp16_supported() -> bool:
+    return bool(get_accelerator().is_fp16_supported())
+
+
+def bf16_supported() -> bool:
+    return bool(get_accelerator().is_bf16_supported())
+
+
+# --- config -------------------------------------------------------------------------------------------
+def read_ds_config(path: Optional[str]) -> dict:
+    """Load a DeepSpeed JSON config; one-line errors for a missing or malformed file."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"DeepSpeed config not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def precision(config: dict) -> str:
+    if config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    if config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    return "fp32"
+
+
+def model_init_context(config: dict, enabled: bool):
+    """``deepspeed.zero.Init`` (parameters partitioned as they are created) for ZeRO-3 when asked."""
+    if enabled and zero_stage(config) == 3:
+        return deepspeed.zero.Init(config_dict_or_path=config)
+    if enabled:
+        raise UserError("--zero-init needs ZeRO stage 3 in the DeepSpeed config")
+    return nullcontext()
+
+
+def initialize(model: torch.nn.Module, config: dict, optimizer=None, lr_scheduler=None):
+    """``deepspeed.initialize`` with our client optimizer/scheduler (either may be None: config wins)."""
+    if optimizer is not None and zero_stage(config) > 0:
+        # torch.optim optimizers other than Adam(W) are fine under ZeRO but DeepSpeed asks for consent.
+        config.setdefault("zero_allow_untested_optimizer", True)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+                                           optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
+    return engine
+
+
+# --- Admin's ω into the weights DeepSpeed owns ---------------------------------------------------------
+def set_parameters(engine, values: list[tuple[torch.nn.Parameter, float]]) -> None:
+    """Fill each parameter with a constant on every rank, so that the next step starts from it.
+
+    Editing ``param.data`` after initialize is not enough (deepspeed-notes.md): the optimizer's fp32
+    master copy wins at the next step. So: write the working copy (gathered and re-partitioned from rank 0
+    under ZeRO-3), then have the optimizer copy working weights into its master weights. Before the first
+    step the working and master copies are equal elsewhere, so this refresh changes nothing else.
+    The bf16/fp16 refresh rounds, so the master copies of the edited parameters are then set exactly
+    through DeepSpeed's safe setter. Every rank must call this.
+    """
+    params = [param for param, _ in values]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        with torch.no_grad():
+            for param, value in values:
+                param.fill_(value)
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if refresh is not None:
+        refresh()
+        # The refresh copied bf16/fp16-rounded values; give the master copy the exact fp32 ones.
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for param, value in values:
+            safe_set_full_fp32_param(param, torch.full(tuple(param.ds_shape if hasattr(param, "ds_shape")
+                                                             else param.shape), value, dtype=torch.float32,
+                                                       device=get_accelerator().current_device_name()))
+
+
+def full_parameter(param: torch.nn.Parameter) -> torch.Tensor:
+    """The fp32 master value of a parameter on every rank (optimizer's copy; the weight itself at ZeRO-0)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    value = safe_get_full_fp32_param(param)
+    if value is None:
+        value = param.detach()
+    return value.detach().float().cpu().clone()
+
+
+def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The full model state dict (working precision -> fp32) on every rank; gathers ZeRO-3 partitions."""
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return {name: tensor.detach().float().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+def loss_scale(engine) -> Optional[float]:
+    if not engine.fp16_enabled():
+        return None
+    scale = getattr(engine.optimizer, "cur_scale", None)
+    if scale is None:
+        scale = getattr(engine.optimizer, "loss_scale", None)
+    return float(scale) if scale is not None else None
+
+
+def save_checkpoint(engine, save_dir: str | os.PathLike, tag: str, client_state: dict) -> None:
+    """DeepSpeed's collective save (model, optimizer, scheduler, loss scaler) plus our ``client_state``."""
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state)
+
+
+def load_checkpoint(engine, save_dir: str | os.PathLike, tag: Optional[str] = None) -> Optional[dict]:
+    """Load ``tag`` (default: the one named in ``latest``); returns our client_state, or None."""
+    path, client_state = engine.load_checkpoint(str(save_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        return None
+    return client_state
+
+
+def zero_fp32_state_dict(checkpoint_dir: str | os.PathLike, tag: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Consolidated fp32 weights from a ZeRO checkpoint in this (non-distributed) process."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
+def engine_step_info(engine) -> dict[str, Any]:
+    """Values to log after an optimizer step."""
+    info: dict[str, Any] = {"lr": engine.get_lr()[0]}
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        info["grad_norm"] = float(grad_norm)
+    scale = loss_scale(engine)
+    if scale is not None:
+        info["loss_scale"] = scale
+    info["skipped_steps"] = int(getattr(engine, "skipped_steps", 0))
+    return info
+
+
+def omega_hook(engine, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, dropout: bool = True,
+               profile=None):
+    """Admin's rank-0 hook, run after ``initialize`` and before the first optimizer step.
+
+    Every rank runs the profiling forward through the engine (a collective under ZeRO-3), rank 0's ω is
+    broadcast, and ω is written into working and master weights on every rank. With ``profile`` given (a
+    profile file), profiling is skipped and its values are written instead. Returns the OmegaProfile.
+    """
+    from admin_ds.admin import profile_on_rank0
+
+    if profile is None:
+        profile = profile_on_rank0(engine.module, src_tokens, tgt_tokens, dropout=dropout, forward=engine,
+                                   device=src_tokens.device)
+    set_parameters(engine, list(profile.targets(engine.module)))
+    return profile

@@ -1,0 +1,42 @@
+"""Start real multi-process DeepSpeed runs from tests: the `deepspeed` launcher with CPU ranks over gloo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launcher_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Two ranks on two cores: one thread each, or they fight over the cores (deepspeed-notes.md).
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_deepspeed(args: list[str], num_ranks: int = 2, timeout: int = 300, master_port: int | None = None,
+                  module: bool = False) -> subprocess.CompletedProcess:
+    """Run ``deepspeed --num_gpus N [--module] ARGS...``; fail with the tail of the log if it fails."""
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks)]
+    if master_port is not None:
+        command += ["--master_port", str(master_port)]
+    if module:
+        command.append("--module")
+    command += args
+    proc = subprocess.run(command, cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"deepspeed run failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

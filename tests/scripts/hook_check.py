@@ -1,0 +1,71 @@
+"""Run Admin's rank-0 hook under a real launcher and dump what each rank sees (used by test_hook.py).
+
+    deepspeed --num_gpus 2 tests/scripts/hook_check.py --cases 0/fp32,3i/fp32,2/bf16 --out DIR
+
+Each case is STAGE[i]/PRECISION ("i": ZeRO-3 with zero.Init); all cases share one launch, since the
+launcher and imports cost more than the checks. Writes DIR/CASE-rankR.json.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+from admin_ds import engine as ds
+from admin_ds.admin import OmegaProfile
+from admin_ds.model import build_model
+
+MODEL = dict(encoder_layers=3, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64, src_vocab_size=50,
+             tgt_vocab_size=50)
+
+
+def batch_for(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + rank)
+    src = torch.randint(4, 50, (4, 7), generator=gen)
+    tgt = torch.randint(4, 50, (4, 6), generator=gen)
+    src[0, 5:] = 0  # some padding, as real batches have
+    return src, tgt
+
+
+def run_case(stage: int, zero_init: bool, precision: str, device: torch.device) -> dict:
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
+              "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "torch_adam": True}},
+              "bf16": {"enabled": precision == "bf16"}}
+    torch.manual_seed(0)  # identical initial weights on every rank, and in the reference process
+    with ds.model_init_context(config, zero_init):
+        model = build_model("admin-tiny", dropout=0.0, **MODEL)
+    engine = ds.initialize(model, config)
+    src, tgt = batch_for(torch.distributed.get_rank())
+    profile = ds.omega_hook(engine, src.to(device), tgt.to(device), dropout=False)
+    omegas = [r.omega for s in ("encoder", "decoder") for r in engine.module.residuals(s)]
+    master_before = [float(ds.full_parameter(p).mean()) for p in omegas]
+    spread_before = [float(ds.full_parameter(p).std()) for p in omegas]
+    logits = engine(src.to(device), tgt.to(device))
+    loss = logits.float().logsumexp(-1).mean()
+    engine.backward(loss)
+    engine.step()
+    master_after = [float(ds.full_parameter(p).mean()) for p in omegas]
+    engine.destroy()
+    return dict(profile=profile.encoder + profile.decoder, master_before=master_before,
+                spread_before=spread_before, master_after=master_after)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    rank, world, device = ds.init_distributed()
+    for case in args.cases.split(","):
+        stage, precision = case.split("/")
+        result = run_case(int(stage.rstrip("i")), stage.endswith("i"), precision, device)
+        with open(f"{args.out}/{case.replace('/', '-')}-rank{rank}.json", "w") as f:
+            json.dump(dict(result, rank=rank, world=world), f)
+    ds.finish_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
