@@ -146,6 +146,7 @@ def test_force_replaces_only_a_prepared_dataset(small_corpus, tmp_path):
     ("utf8", r"test\.en: invalid UTF-8 on line 2 "),
     ("no_pairs", "no pair with text on both sides"),
     ("bad_model", "special ids"),
+    ("tiny_vocab", "sentencepiece training failed: Vocabulary size is smaller than required_chars"),
 ])
 def test_bad_inputs_fail_cleanly_and_write_nothing(small_corpus, tmp_path, case, message):
     train, valid, test = small_corpus
@@ -164,6 +165,8 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(small_corpus, tmp_path, case,
         spm.SentencePieceTrainer.train(input=f"{train}.de", model_prefix=str(tmp_path / "other"), vocab_size=40,
                                        hard_vocab_limit=False,
                                        minloglevel=2)
+    elif case == "tiny_vocab":  # fails after the temporary output directory was created
+        overrides["vocab_size"] = 6
     out = tmp_path / "out" / "data"
     with pytest.raises(UserError, match=message):
         prepare(config(small_corpus, out, **overrides))
