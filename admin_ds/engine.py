@@ -214,10 +214,20 @@ def zero_fp32_state_dict(checkpoint_dir: str | os.PathLike, tag: Optional[str] =
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
 
 
-def engine_step_info(engine) -> dict[str, Any]:
-    """Values to log after an optimizer step."""
+def local_grad_norm(engine) -> Optional[float]:
+    """The gradient norm where DeepSpeed keeps none (ZeRO-0 in fp32: gradients live on the parameters).
+    Call between backward and step. Elsewhere returns None and ``get_global_grad_norm`` has it."""
+    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+
+def engine_step_info(engine, grad_norm: Optional[float] = None) -> dict[str, Any]:
+    """Values to log after an optimizer step (``grad_norm`` from ``local_grad_norm`` where needed)."""
     info: dict[str, Any] = {"lr": engine.get_lr()[0]}
-    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is None:
+        grad_norm = engine.get_global_grad_norm()
     if grad_norm is not None:
         info["grad_norm"] = float(grad_norm)
     scale = loss_scale(engine)

@@ -16,10 +16,15 @@ from torch.utils.checkpoint import checkpoint
 from admin_ds.errors import UserError
 from admin_ds.model.cache import DecoderCache
 from admin_ds.model.config import ModelConfig
+from admin_ds.model.criterion import label_smoothed_loss
 from admin_ds.model.embedding import Embedding, make_table
 from admin_ds.model.init import Linear
 from admin_ds.model.layers import DecoderLayer, EncoderLayer
 from admin_ds.model.residual import LayerNorm, Residual, scheme_coefficients
+
+
+# Tokens per recomputed loss chunk under activation checkpointing: [1024, V] fp32 logits at a time.
+LOSS_CHUNK_TOKENS = 1024
 
 
 @dataclass
@@ -167,9 +172,19 @@ class TranslationModel(nn.Module):
         """An empty incremental-decoding cache for this batch; see DecoderCache.reorder for beam search."""
         return DecoderCache.empty(len(self.decoder.layers), encoder_out.padding_mask)
 
-    def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor) -> torch.Tensor:
-        """src_tokens [B, S], tgt_tokens [B, T] (BOS first) -> logits [B, T, V]."""
+    def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, target: Optional[torch.Tensor] = None,
+                label_smoothing: float = 0.0):
+        """src_tokens [B, S], tgt_tokens [B, T] (BOS first) -> logits [B, T, V].
+
+        With ``target`` [B, T] (the next tokens, pad where none) it returns (loss_sum, nll_sum) instead:
+        the training step goes through one forward call, which is what DeepSpeed's engine wraps. Under
+        activation checkpointing the loss is computed in recomputed chunks (criterion.py).
+        """
         if src_tokens.size(0) != tgt_tokens.size(0):
             raise UserError(f"the batch sizes of src_tokens ({src_tokens.size(0)}) and tgt_tokens "
                             f"({tgt_tokens.size(0)}) must be equal")
-        return self.decode(tgt_tokens, self.encode(src_tokens))
+        features = self.decode_features(tgt_tokens, self.encode(src_tokens))
+        if target is None:
+            return self.output_proj(features)
+        chunk = LOSS_CHUNK_TOKENS if self.cfg.checkpoint_every > 0 else 0
+        return label_smoothed_loss(features, self.output_proj, target, label_smoothing, self.cfg.pad_id, chunk)
