@@ -114,6 +114,8 @@ class TokenBatchSampler:
             raise ValueError(f"src_sizes {src_sizes.shape} and tgt_sizes {tgt_sizes.shape} must be equal 1-d shapes")
         if max_tokens < 1:
             raise UserError(f"--max-tokens must be positive, got {max_tokens}")
+        if seed < 0:
+            raise UserError(f"--seed must be non-negative, got {seed}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0 .. world_size - 1 = {world_size - 1}")
         self.src_sizes, self.tgt_sizes = src_sizes, tgt_sizes
