@@ -155,22 +155,51 @@ def set_parameters(engine, values: list[tuple[torch.nn.Parameter, float]]) -> No
             for param, value in values:
                 param.fill_(value)
     refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
-    if refresh is not None:
-        refresh()
-        # The refresh copied bf16/fp16-rounded values; give the master copy the exact fp32 ones.
-        from deepspeed.utils import safe_set_full_fp32_param
+    if refresh is None:
+        return  # a plain torch optimizer: the parameters are the master weights
+    refresh()
+    # The refresh copied bf16/fp16-rounded values; give the master copies of the edited parameters the
+    # exact fp32 ones.
+    from deepspeed.utils import safe_set_full_fp32_param
 
-        for param, value in values:
-            safe_set_full_fp32_param(param, torch.full(tuple(param.ds_shape if hasattr(param, "ds_shape")
-                                                             else param.shape), value, dtype=torch.float32,
-                                                       device=get_accelerator().current_device_name()))
+    device = get_accelerator().current_device_name()
+    for param, value in values:
+        master = _fp16_master(engine.optimizer, param)
+        if master is not None:
+            master.fill_(value)
+            continue
+        shape = tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
+        safe_set_full_fp32_param(param, torch.full(shape, value, dtype=torch.float32, device=device))
 
 
-def full_parameter(param: torch.nn.Parameter) -> torch.Tensor:
-    """The fp32 master value of a parameter on every rank (optimizer's copy; the weight itself at ZeRO-0)."""
+def _fp16_master(optimizer, param: torch.nn.Parameter) -> Optional[torch.Tensor]:
+    """The fp32 master of ``param`` under a ZeRO-0 fp16 optimizer, as a view that can be written.
+
+    These keep masters without the per-parameter mapping DeepSpeed's safe getters and setters use: one
+    flat tensor per group (FP16_Optimizer, with FusedAdam) or one tensor per parameter
+    (FP16_UnfusedOptimizer). Returns None for any other optimizer."""
+    groups = getattr(optimizer, "fp16_groups", None)
+    masters = getattr(optimizer, "fp32_groups_flat", None) or getattr(optimizer, "fp32_groups", None)
+    if groups is None or masters is None:
+        return None
+    for group, master in zip(groups, masters):
+        offset = 0
+        for index, member in enumerate(group):
+            if member is param:
+                if isinstance(master, torch.Tensor):
+                    return master.data[offset: offset + member.numel()].view_as(member)
+                return master[index].data
+            offset += member.numel()
+    return None
+
+
+def full_parameter(engine, param: torch.nn.Parameter) -> torch.Tensor:
+    """The fp32 master value of a parameter on every rank (the weight itself where there is no master)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    value = safe_get_full_fp32_param(param)
+    value = _fp16_master(engine.optimizer, param)
+    if value is None:
+        value = safe_get_full_fp32_param(param)
     if value is None:
         value = param.detach()
     return value.detach().float().cpu().clone()

@@ -39,13 +39,13 @@ def run_case(stage: int, zero_init: bool, precision: str, device: torch.device) 
     src, tgt = batch_for(torch.distributed.get_rank())
     profile = ds.omega_hook(engine, src.to(device), tgt.to(device), dropout=False)
     omegas = [r.omega for s in ("encoder", "decoder") for r in engine.module.residuals(s)]
-    master_before = [float(ds.full_parameter(p).mean()) for p in omegas]
-    spread_before = [float(ds.full_parameter(p).std()) for p in omegas]
+    master_before = [float(ds.full_parameter(engine, p).mean()) for p in omegas]
+    spread_before = [float(ds.full_parameter(engine, p).std()) for p in omegas]
     logits = engine(src.to(device), tgt.to(device))
     loss = logits.float().logsumexp(-1).mean()
     engine.backward(loss)
     engine.step()
-    master_after = [float(ds.full_parameter(p).mean()) for p in omegas]
+    master_after = [float(ds.full_parameter(engine, p).mean()) for p in omegas]
     engine.destroy()
     return dict(profile=profile.encoder + profile.decoder, master_before=master_before,
                 spread_before=spread_before, master_after=master_after)

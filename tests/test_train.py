@@ -1,0 +1,122 @@
+"""`admin-ds train` with two real ranks over gloo: ZeRO 1-3 (+zero.Init), fp32 and bf16, exact resume,
+activation checkpointing, and the command-line entry points."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch_util import REPO, run_deepspeed, run_torchrun
+
+CPU_CONFIGS = REPO / "ds_configs"
+
+
+def ds_config(tmp: Path, stage: int, precision: str) -> Path:
+    path = tmp / f"ds_zero{stage}_{precision}.json"
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
+              "bf16": {"enabled": precision == "bf16"}}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def train_argv(data: Path, save_dir: Path, config: Path, steps: int, *extra: str) -> list[str]:
+    return ["--data", str(data), "--arch", "admin-tiny", "--save-dir", str(save_dir), "--max-steps", str(steps),
+            "--max-tokens", "300", "--log-interval", "1", "--save-interval", "100", "--warmup-updates", "5",
+            "--lr", "2e-3", "--no-tensorboard", "--validate-interval", "0", "--deepspeed_config", str(config), *extra]
+
+
+def rows(save_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cases(tmp: Path, cases: list[dict], name: str) -> Path:
+    out = tmp / f"out-{name}"
+    out.mkdir()
+    spec = tmp / f"{name}.json"
+    spec.write_text(json.dumps(cases))
+    run_torchrun(["tests/scripts/train_cases.py", str(spec), str(out)])
+    return out
+
+
+def weights(out: Path, name: str, rank: int = 0) -> dict:
+    return torch.load(out / f"{name}-rank{rank}.pt")
+
+
+TRAIN_CASES = [(1, "fp32", False), (2, "fp32", False), (3, "fp32", False), (3, "fp32", True),
+               (1, "bf16", False), (2, "bf16", False), (3, "bf16", True)]
+
+
+def case_name(stage, precision, zero_init):
+    return f"z{stage}{'i' if zero_init else ''}-{precision}"
+
+
+@pytest.fixture(scope="module")
+def training_runs(tmp_path_factory, synthetic_data):
+    tmp = tmp_path_factory.mktemp("train")
+    cases = [{"name": case_name(*case), "argv": train_argv(synthetic_data, tmp / case_name(*case),
+                                                           ds_config(tmp, case[0], case[1]), 30,
+                                                           *(["--zero-init"] if case[2] else []))}
+             for case in TRAIN_CASES]
+    # Activation checkpointing on and off, dropout on, same seed: same losses and weights.
+    config = ds_config(tmp, 2, "fp32")
+    cases += [{"name": f"ckpt{k}", "argv": train_argv(synthetic_data, tmp / f"ckpt{k}", config, 5,
+                                                      "--checkpoint-activations", str(k))} for k in (0, 1)]
+    return tmp, run_cases(tmp, cases, "train")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[case_name(*c) for c in TRAIN_CASES])
+def test_two_rank_training(training_runs, case):
+    tmp, out = training_runs
+    name = case_name(*case)
+    losses = [row["loss"] for row in rows(tmp / name) if "loss" in row]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.3, f"loss did not decrease: {first:.3f} -> {last:.3f}"
+    rank0, rank1 = weights(out, name, 0), weights(out, name, 1)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"ranks disagree on {key}"
+    omega = rank0["encoder.layers.1.ffn_residual.omega"]
+    assert omega.mean() > 1.2, "ω should have been profiled, not left at 1"
+    assert (tmp / name / "omega.profile").is_file() and (tmp / name / "latest").is_file()
+    row = rows(tmp / name)[-1]
+    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s"):
+        assert key in row
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_same_training(training_runs):
+    tmp, out = training_runs
+    plain = [row["loss"] for row in rows(tmp / "ckpt0")]
+    checkpointed = [row["loss"] for row in rows(tmp / "ckpt1")]
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
+    a, b = weights(out, "ckpt0"), weights(out, "ckpt1")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_exact_resume(tmp_path_factory, synthetic_data, stage):
+    """6 steps straight == 3 steps, save, a new process, load, 3 more: bit-identical losses and weights."""
+    tmp = tmp_path_factory.mktemp(f"resume{stage}")
+    config = ds_config(tmp, stage, "fp32")
+    extra = ["--save-interval", "3", "--dropout", "0.1"]
+    straight = run_cases(tmp, [{"name": "straight", "argv": train_argv(synthetic_data, tmp / "a", config, 6, *extra)}],
+                         "straight")
+    first = run_cases(tmp, [{"name": "first", "argv": train_argv(synthetic_data, tmp / "b", config, 3, *extra)}],
+                      "first")
+    assert (tmp / "b" / "latest").read_text().strip() == "global_step3"
+    second = run_cases(tmp, [{"name": "second", "argv": train_argv(synthetic_data, tmp / "b", config, 6, *extra)}],
+                       "second")
+    losses_straight = [row["loss"] for row in rows(tmp / "a")]
+    losses_resumed = [row["loss"] for row in rows(tmp / "b")]
+    assert len(losses_straight) == 6
+    assert losses_resumed == losses_straight
+    a, b = weights(straight, "straight"), weights(second, "second")
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert not torch.equal(weights(first, "first")["src_embed.table.weight"], a["src_embed.table.weight"])
