@@ -115,12 +115,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
 # --- the loop -----------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, args: argparse.Namespace):
+        # Everything a user can get wrong is checked before any process joins the group.
         self.cfg = train_config_from_args(args)
-        self.rank, self.world, self.device = ds.init_distributed()
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(args.data)
         self.model_cfg = resolve_model_config(args, self.save_dir, self.data_info, self.cfg.resume)
         self.ds_config = deepspeed_config(args, self.cfg)
+        self.given_profile = self._read_profile_file()
+        self.rank, self.world, self.device = ds.init_distributed()
         self.seed = args.seed
         seed_everything(self.seed)
         with ds.model_init_context(self.ds_config, self.cfg.zero_init):
@@ -181,19 +183,21 @@ class Trainer:
         return True
 
     # --- Admin ----------------------------------------------------------------------------------------
+    def _read_profile_file(self) -> Optional[OmegaProfile]:
+        if not self.cfg.omega_profile:
+            return None
+        if self.model_cfg.residual != "admin":
+            raise UserError("--omega-profile needs --residual admin")
+        return OmegaProfile.read(self.cfg.omega_profile).check_fits(
+            self.model_cfg.encoder_layers, self.model_cfg.decoder_layers, self.cfg.omega_profile)
+
     def init_omega(self, first_batch) -> None:
         """The rank-0 hook: before the first optimizer step, every rank gets rank 0's ω."""
         if self.model_cfg.residual != "admin":
-            if self.cfg.omega_profile:
-                raise UserError("--omega-profile needs --residual admin")
             return
-        given = None
-        if self.cfg.omega_profile:
-            given = OmegaProfile.read(self.cfg.omega_profile).check_fits(
-                self.model_cfg.encoder_layers, self.model_cfg.decoder_layers, self.cfg.omega_profile)
         start = time.perf_counter()
         self.profile = ds.omega_hook(self.engine, first_batch.src_tokens, first_batch.tgt_input,
-                                     dropout=self.cfg.profile_dropout, profile=given)
+                                     dropout=self.cfg.profile_dropout, profile=self.given_profile)
         if self.rank == 0:
             self.profile.write(self.save_dir / "omega.profile")
             source = self.cfg.omega_profile or "rank 0's first batch"
