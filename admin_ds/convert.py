@@ -1,0 +1,247 @@
+"""``admin-ds convert CKPT OUT``: a training checkpoint (or any model) as safetensors, or as a plain Post-LN model.
+
+    admin-ds convert runs/exp export/              # fp32 export: loadable by admin_ds.load_model
+    admin-ds convert runs/exp plain/ --plain       # torch.nn layers + torch + safetensors only (plain.py)
+    admin-ds convert runs/exp/global_step800 out/ --force
+    admin-ds convert fp32/pytorch_model.bin out/ --config runs/exp/train_config.json
+
+CKPT is anything ``admin_ds.load_model`` reads (checkpoint.py): a DeepSpeed directory of ``admin-ds train``
+at any ZeRO stage and world size (``latest`` or ``--tag``), an fp32 or plain export, or a state dict from
+DeepSpeed's zero_to_fp32.py. ZeRO shards are read one at a time into a single fp32 copy of the model, and
+the output is written tensor by tensor, so the process holds about one copy of the weights plus one shard.
+``--plain`` folds Admin's ω (and DeepNorm's α) into the neighbouring weights (reparam.py). OUT appears only
+once complete; on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from admin_ds.checkpoint import (TRAIN_CONFIG, WeightFiller, find_model_config, load_checkpoint, model_states_file,
+                                 torch_load, write_export, write_model_dir)
+from admin_ds.errors import UserError
+from admin_ds.model import ModelConfig, TranslationModel
+from admin_ds.reparam import to_plain
+
+__all__ = ["convert", "read_deepspeed_checkpoint", "read_training_checkpoint", "to_plain", "add_arguments", "main"]
+
+
+def read_training_checkpoint(path: str | Path,
+                             tag: Optional[str] = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, fp32 state dict) of a DeepSpeed checkpoint directory (or anything load_model reads)."""
+    model, _ = load_checkpoint(path, tag)
+    return model.cfg, model.state_dict()
+
+
+# --- DeepSpeed checkpoints of `admin-ds train` -------------------------------------------------------------
+_SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+
+
+def find_tag_dir(path: Path, tag: Optional[str] = None) -> Path:
+    """The checkpoint folder: ``path`` itself if it holds model states, else ``path/TAG`` (``latest``)."""
+    if model_states_file(path) is not None:
+        if tag is None or tag == path.name:
+            return path
+        path = path.parent
+    if tag is None:
+        latest = path / "latest"
+        if not latest.is_file():
+            raise UserError(f"{path}: no 'latest' file; pass --tag (one of: "
+                            f"{', '.join(sorted(p.name for p in path.glob('global_step*'))) or 'none found'})")
+        tag = latest.read_text(encoding="utf-8").strip()
+    tag_dir = path / tag
+    if model_states_file(tag_dir) is None:
+        raise UserError(f"{tag_dir}: no DeepSpeed model states file (checkpoint tag {tag!r} missing or incomplete)")
+    return tag_dir
+
+
+def read_deepspeed_checkpoint(path: Path, tag: Optional[str] = None,
+                              config: Optional[ModelConfig] = None) -> tuple[TranslationModel, dict]:
+    """A DeepSpeed checkpoint of ``admin-ds train`` into an fp32 model, holding one shard at a time."""
+    tag_dir = find_tag_dir(path, tag)
+    states_file = model_states_file(tag_dir)
+    states = torch_load(states_file)
+    if not isinstance(states, dict) or "module" not in states:
+        raise UserError(f"cannot read {states_file} (not a DeepSpeed model states file)")
+    if config is None:
+        if isinstance(states.get("model_config"), dict):
+            config = ModelConfig.from_dict(states["model_config"], source=str(states_file))
+        else:
+            config = find_model_config(tag_dir.parent)
+    if config is None:
+        raise UserError(f"{tag_dir}: no admin-ds model config in the checkpoint or a {TRAIN_CONFIG} beside it "
+                        "(not written by `admin-ds train`?); pass --config FILE")
+    model = TranslationModel(config)
+    filler = WeightFiller(model, str(tag_dir))
+    shards = sorted(tag_dir.glob("*_optim_states.pt"))
+    info = {"source": str(tag_dir), "tag": tag_dir.name, "step": states.get("step"),
+            "world_size": states.get("dp_world_size"), "zero_stage": 0}
+    if not shards:  # ZeRO-0: the model states hold the weights themselves
+        for name, tensor in states["module"].items():
+            filler.copy(name, tensor)
+    else:
+        info.update(_read_zero_shards(tag_dir, states, shards, filler))
+    del states
+    filler.finish()
+    return model, info
+
+
+def _read_zero_shards(tag_dir: Path, states: dict, shards: list[Path], filler: WeightFiller) -> dict:
+    """Copy the fp32 master partitions of every rank into the model, one shard file at a time.
+
+    ZeRO-1/2: per parameter group, the parameters are laid end to end (each followed by its alignment
+    padding) in one flat vector cut into equal partitions, rank r holding partition r.
+    ZeRO-3: every parameter is padded to a multiple of the world size and cut into equal pieces; rank r's
+    flat vector holds piece r of each parameter in order.
+    """
+    ranks = {}
+    for shard in shards:
+        match = _SHARD.search(shard.name)
+        if match is None:
+            raise UserError(f"{shard}: unexpected optimizer shard name")
+        ranks[int(match.group(1))] = shard
+    if any(frozen for frozen in (states.get("frozen_param_shapes") or {}, states.get("frozen_param_fragments") or {})):
+        raise UserError(f"{tag_dir}: checkpoints with frozen parameters are not supported")
+    groups = states.get("param_shapes")
+    if not groups:
+        raise UserError(f"{tag_dir}: the model states list no parameter shapes")
+    for shapes in groups:  # fail on another architecture before reading any shard
+        for name, shape in shapes.items():
+            filler.target(name, shape)
+    first = None
+    for rank in range(len(ranks)):
+        if rank not in ranks:
+            raise UserError(f"{tag_dir}: optimizer shard of rank {rank} is missing")
+        optim = torch_load(ranks[rank]).get("optimizer_state_dict", {})
+        if "zero_stage" in optim:
+            stage = int(optim["zero_stage"])
+        elif "single_partition_of_fp32_groups" in optim:
+            stage = 1  # DeepSpeed's bf16 optimizer at ZeRO-0 keeps its fp32 masters in ZeRO-1's layout
+        else:
+            raise UserError(f"cannot read {ranks[rank]} (no ZeRO optimizer state)")
+        world = optim.get("partition_count")
+        world = max(world) if isinstance(world, (list, tuple)) else int(world)
+        if first is None:
+            first = (stage, world)
+            if world != len(ranks):
+                raise UserError(f"{tag_dir}: expected {world} optimizer shards, found {len(ranks)} "
+                                "(an incomplete or overwritten checkpoint?)")
+        elif (stage, world) != first:
+            raise UserError(f"{ranks[rank]}: ZeRO stage/world size {(stage, world)} differ from rank 0's {first}")
+        if stage <= 2:
+            _copy_zero12(optim["single_partition_of_fp32_groups"], groups, optim.get("param_alignment_paddings"),
+                         rank, world, filler, ranks[rank])
+        else:
+            _copy_zero3(optim["fp32_flat_groups"], groups, rank, world, filler, ranks[rank])
+        del optim
+    return {"zero_stage": first[0], "world_size": first[1]}
+
+
+def _copy_zero12(flats, groups, paddings, rank: int, world: int, filler: WeightFiller, shard: Path) -> None:
+    if len(flats) != len(groups):
+        raise UserError(f"{shard}: {len(flats)} parameter groups, the model states list {len(groups)}")
+    with torch.no_grad():
+        for g, (shapes, flat) in enumerate(zip(groups, flats)):
+            size = flat.numel()
+            start, end, offset = rank * size, (rank + 1) * size, 0
+            for j, (name, shape) in enumerate(shapes.items()):
+                numel = math.prod(shape)
+                lo, hi = max(offset, start), min(offset + numel, end)
+                if lo < hi:
+                    filler.target(name, shape).view(-1)[lo - offset: hi - offset].copy_(flat[lo - start: hi - start])
+                offset += numel + (paddings[g][j] if paddings else 0)
+            if offset > size * world:
+                raise UserError(f"{shard}: partitions of {size} values cannot hold the {offset} of group {g}")
+
+
+def _copy_zero3(flats, groups, rank: int, world: int, filler: WeightFiller, shard: Path) -> None:
+    bounds = [0]
+    for flat in flats:
+        bounds.append(bounds[-1] + flat.numel())
+
+    def read(start: int, length: int) -> torch.Tensor:  # [length] from the rank's concatenated groups
+        pieces = []
+        while length > 0:
+            g = bisect.bisect_right(bounds, start) - 1
+            take = min(length, bounds[g + 1] - start)
+            pieces.append(flats[g][start - bounds[g]: start - bounds[g] + take])
+            start, length = start + take, length - take
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    offset = 0
+    with torch.no_grad():
+        for shapes in groups:
+            for name, shape in shapes.items():
+                numel = math.prod(shape)
+                piece = math.ceil(numel / world)
+                if offset + piece > bounds[-1]:
+                    raise UserError(f"{shard}: holds {bounds[-1]} values, too few for the parameter shapes")
+                lo, hi = rank * piece, min((rank + 1) * piece, numel)
+                if lo < hi:
+                    filler.target(name, shape).view(-1)[lo:hi].copy_(read(offset, hi - lo))
+                offset += piece
+    if offset != bounds[-1]:
+        raise UserError(f"{shard}: holds {bounds[-1]} values but the parameter shapes need {offset}")
+
+
+# --- conversion ------------------------------------------------------------------------------------
+def _spm_files(source: Path) -> tuple[dict[str, Path], Optional[object]]:
+    """The sentencepiece model(s) of the checkpoint's run, found where ``admin-ds translate`` looks (beside
+    it, or the prepared data named in the run's train_config.json), to copy beside the converted weights."""
+    from admin_ds.translate import find_spm
+
+    try:
+        src, tgt = find_spm(source)
+    except (UserError, OSError, ValueError, KeyError):
+        return {}, None
+    if not (Path(src).is_file() and Path(tgt).is_file()):
+        return {}, None
+    if Path(src).resolve() == Path(tgt).resolve():
+        return {"spm.model": Path(src)}, "spm.model"
+    return {"spm.src.model": Path(src), "spm.tgt.model": Path(tgt)}, {"src": "spm.src.model", "tgt": "spm.tgt.model"}
+
+
+def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, plain: bool = False,
+            force: bool = False, config: Optional[str | Path] = None) -> Path:
+    """Convert ``checkpoint`` into an fp32 export (default) or a plain export at ``out``; returns ``out``."""
+    out = Path(out)
+    if out.exists() and not force:  # before reading gigabytes
+        raise UserError(f"output {out} exists; pass --force to replace it")
+    model, info = load_checkpoint(checkpoint, tag, config)
+    source = Path(info["source"])
+    files, spm_entry = _spm_files(source if source.is_dir() else source.parent)
+    extra = {"converted_from": info}
+    if spm_entry is not None:
+        extra["spm_model"] = spm_entry
+    if not plain:
+        return write_export(model, out, force=force, extra=extra, files=files)
+    residual = model.cfg.residual
+    settings, tensors = to_plain(model, inplace=True)  # the model is ours: fold it without a copy
+    settings.update(source_residual=residual, **extra)
+    return write_model_dir(out, settings, list(tensors.items()), force=force, files=files)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT",
+                        help="DeepSpeed save dir or global_stepN dir, an export, or a zero_to_fp32 state dict")
+    parser.add_argument("out", metavar="OUT", help="output directory (config.json + model.safetensors)")
+    parser.add_argument("--tag", help="DeepSpeed checkpoint tag (default: the one named in 'latest')")
+    parser.add_argument("--plain", action="store_true",
+                        help="fold ω into the weights: a plain Post-LN model for torch.nn layers (see plain.py)")
+    parser.add_argument("--config", help="model config (train_config.json or an export's config.json) for a "
+                                         "bare state dict file")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = convert(args.checkpoint, args.out, tag=args.tag, plain=args.plain, force=args.force, config=args.config)
+    kind = "plain export" if args.plain else "fp32 export"
+    print(f"wrote {kind} {out}")
+    return 0
