@@ -14,11 +14,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
+# DeepSpeed parses TORCH_CUDA_ARCH_LIST as plain numbers; an arch-specific "9.0a" entry breaks its op builder.
+export TORCH_CUDA_ARCH_LIST=$(python3 -c "import torch; print(\"%d.%d\" % torch.cuda.get_device_capability())")
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
 echo "== 1. throughput, MFU, memory"
-timeout 270 python3 -m deepspeed.launcher.runner --num_gpus 1 bench/gpu_check.py --out "$OUT" --steps 12 \
+timeout 200 python3 -m deepspeed.launcher.runner --num_gpus 1 bench/gpu_check.py --out "$OUT" --steps 12 \
   2>&1 | grep -E '^\{|Error|error' | tee "$OUT/throughput.log"
 
 echo "== 2. the product path on GPU"
@@ -29,7 +31,7 @@ p = write_synthetic_corpus("/tmp/gc/text", n_train=20000, n_valid=200, n_test=20
 prepare(PrepareConfig(train_prefix=p["train"], valid_prefix=p["valid"], test_prefix=p["test"], source_lang="src",
                       target_lang="tgt", out_dir=Path("/tmp/gc/bin"), vocab_size=500, progress=False, force=True))
 PY
-timeout 100 python3 -m deepspeed.launcher.runner --num_gpus 1 --module admin_ds.train --data /tmp/gc/bin \
+timeout 90 python3 -m deepspeed.launcher.runner --num_gpus 1 --module admin_ds.train --data /tmp/gc/bin \
   --save-dir /tmp/gc/run --arch admin-demo --max-tokens 8192 --max-steps 40 --log-interval 10 \
   --save-interval 40 --warmup-updates 20 --lr 1e-3 --deepspeed_config ds_configs/zero2_fp16.json \
   > "$OUT/train.log" 2>&1
