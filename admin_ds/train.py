@@ -230,7 +230,17 @@ class Trainer:
     def finished(self) -> bool:
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
-        return self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs
+        if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
+            return True
+        return self.cfg.max_minutes is not None and self._out_of_time()
+
+    def _out_of_time(self) -> bool:
+        """Rank 0's clock decides, so that every rank stops after the same update."""
+        late = torch.tensor([float(time.perf_counter() - self.started > 60.0 * self.cfg.max_minutes)])
+        if self.world > 1:
+            late = late.to(self.device)
+            dist.broadcast(late, src=0)
+        return bool(late.item())
 
     def run(self) -> None:
         resumed = self.try_resume()
@@ -247,6 +257,7 @@ class Trainer:
                      ds.zero_stage(self.ds_config), ds.precision(self.ds_config), self.world)
         dist.barrier()
         needs_omega = not resumed
+        self.started = time.perf_counter()
         window = torch.zeros(3, dtype=torch.float64)  # loss, nll, tokens since the last log
         window_start = time.perf_counter()
         grad_norm = None

@@ -16,6 +16,7 @@ class TrainConfig:
     save_dir: str
     max_steps: Optional[int] = None
     max_epochs: Optional[int] = None
+    max_minutes: Optional[float] = None
     save_interval: int = 1000
     keep_last: int = 5
     validate_interval: Optional[int] = None  # default: every save
@@ -36,9 +37,9 @@ class TrainConfig:
     valid_split: str = "valid"
 
     def validate(self) -> "TrainConfig":
-        if self.max_steps is None and self.max_epochs is None:
-            raise UserError("give --max-steps or --max-epochs: training needs an end")
-        for name in ("max_steps", "max_epochs"):
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise UserError("give --max-steps, --max-epochs or --max-minutes: training needs an end")
+        for name in ("max_steps", "max_epochs", "max_minutes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -76,6 +77,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--save-dir", required=True, help="checkpoints, metrics.jsonl, omega.profile, tensorboard/")
     group.add_argument("--max-steps", type=int, help="stop after this many optimizer updates")
     group.add_argument("--max-epochs", type=int, help="stop after this many epochs")
+    group.add_argument("--max-minutes", type=float,
+                       help="stop (and save) after this much training time, e.g. inside a SLURM time limit")
     group.add_argument("--save-interval", type=int, default=1000, help="save a checkpoint every N updates")
     group.add_argument("--keep-last", type=int, default=5, help="keep the newest K checkpoints")
     group.add_argument("--validate-interval", type=int, help="validation loss every N updates (default: at saves; 0 = never)")
