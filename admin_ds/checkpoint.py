@@ -28,6 +28,7 @@ from typing import Iterable, Optional
 import torch
 
 from admin_ds.errors import UserError
+from admin_ds.jsonio import read_json_object
 from admin_ds.model import ModelConfig, TranslationModel
 from admin_ds.model.embedding import sinusoidal_positions
 
@@ -185,15 +186,8 @@ def write_export(model: TranslationModel, out_dir: str | os.PathLike, force: boo
 
 # --- reading exports -------------------------------------------------------------------------------------
 def read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path.parent}: no config.json; not a checkpoint this package wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: malformed JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return config
+    return read_json_object(path, "config",
+                            missing=f"{path.parent}: no config.json; not a checkpoint this package wrote")
 
 
 def _weights_file(path: Path) -> Path:

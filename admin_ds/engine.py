@@ -6,7 +6,6 @@ the training loop talks to DeepSpeed only through the functions here.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from admin_ds.errors import UserError
+from admin_ds.jsonio import read_json_object
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -95,16 +95,7 @@ def read_ds_config(path: Optional[str]) -> dict:
     """Load a DeepSpeed JSON config; one-line errors for a missing or malformed file."""
     if path is None:
         return {}
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"DeepSpeed config not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"DeepSpeed config {path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
-    return config
+    return read_json_object(Path(path), "DeepSpeed config")
 
 
 def zero_stage(config: dict) -> int:

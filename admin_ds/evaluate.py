@@ -24,9 +24,8 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from admin_ds.data import ParallelDataset, load_meta
 from admin_ds.errors import UserError
-from admin_ds.translate import (add_decoding_arguments, find_spm, load_for_inference, load_tokenizer,
-                                pick_device, read_text_lines, translate_lines, write_text_atomic,
-                                check_output_path)
+from admin_ds.translate import (add_decoding_arguments, check_output_path, load_tokenizer, load_translator,
+                                read_text_lines, translate_lines, write_text_atomic)
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str], tokenize: Optional[str] = None) -> dict:
@@ -104,11 +103,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError("--checkpoint needs --data DIR (with --split) or --src FILE --ref FILE")
         if len(sources) != len(references):
             raise UserError(f"{len(sources)} source lines but {len(references)} references")
-        device = pick_device(args.device)
-        model = load_for_inference(args.checkpoint, device, args.fp16, args.bf16)
-        src_spm, tgt_spm = find_spm(args.checkpoint, args.spm, args.tgt_spm, args.data)
-        tokenizer = load_tokenizer(src_spm)
-        tgt_tokenizer = tokenizer if tgt_spm == src_spm else load_tokenizer(tgt_spm)
+        model, tokenizer, tgt_tokenizer = load_translator(args)
         start = time.perf_counter()
         hypotheses = translate_lines(model, tokenizer, sources, beam=args.beam, lenpen=args.lenpen,
                                      max_len_a=args.max_len_a, max_len_b=args.max_len_b,

@@ -244,6 +244,16 @@ def load_for_inference(checkpoint: str, device: torch.device, fp16: bool = False
     return model.to(device=device, dtype=dtype).eval()
 
 
+def load_translator(args: argparse.Namespace):
+    """(model, source tokenizer, target tokenizer) for the decoding flags of translate and evaluate."""
+    device = pick_device(args.device)
+    model = load_for_inference(args.checkpoint, device, args.fp16, args.bf16)
+    src_spm, tgt_spm = find_spm(args.checkpoint, args.spm, args.tgt_spm, args.data)
+    tokenizer = load_tokenizer(src_spm)
+    tgt_tokenizer = tokenizer if tgt_spm == src_spm else load_tokenizer(tgt_spm)
+    return model, tokenizer, tgt_tokenizer
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by translate and evaluate."""
     group = parser.add_argument_group("decoding")
@@ -276,11 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     lines = read_text_lines(args.input, "--input")
     check_output_path(args.output, "--output")
-    device = pick_device(args.device)
-    model = load_for_inference(args.checkpoint, device, args.fp16, args.bf16)
-    src_spm, tgt_spm = find_spm(args.checkpoint, args.spm, args.tgt_spm, args.data)
-    tokenizer = load_tokenizer(src_spm)
-    tgt_tokenizer = tokenizer if tgt_spm == src_spm else load_tokenizer(tgt_spm)
+    model, tokenizer, tgt_tokenizer = load_translator(args)
     start = time.perf_counter()
     hyps = translate_hypotheses(model, tokenizer, lines, beam=args.beam, lenpen=args.lenpen,
                                 max_len_a=args.max_len_a, max_len_b=args.max_len_b, nbest=args.nbest,
