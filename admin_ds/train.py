@@ -12,6 +12,7 @@ on rank 0, validating and saving every N updates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -106,6 +107,16 @@ def resolve_model_config(args: argparse.Namespace, save_dir: Path, data_info, re
     return model_config_from_args(args, data_info)
 
 
+def checkpointing_from_config(model_cfg: ModelConfig, config: dict, flag: Optional[int]) -> ModelConfig:
+    """A DeepSpeed config with an ``activation_checkpointing`` section turns on per-layer checkpointing
+    unless --checkpoint-activations says otherwise. The section's own options (partitioning activations
+    across model-parallel ranks, CPU checkpointing) belong to DeepSpeed's reentrant checkpoint, which
+    drops gradients in this model (deepspeed-notes.md); the model uses torch's non-reentrant one."""
+    if flag is None and "activation_checkpointing" in config and model_cfg.checkpoint_every == 0:
+        return dataclasses.replace(model_cfg, checkpoint_every=1)
+    return model_cfg
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -119,8 +130,10 @@ class Trainer:
         self.cfg = train_config_from_args(args)
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(args.data)
-        self.model_cfg = resolve_model_config(args, self.save_dir, self.data_info, self.cfg.resume)
         self.ds_config = deepspeed_config(args, self.cfg)
+        self.model_cfg = checkpointing_from_config(
+            resolve_model_config(args, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
+            getattr(args, "checkpoint_every", None))
         self.given_profile = self._read_profile_file()
         self.rank, self.world, self.device = ds.init_distributed()
         self.seed = args.seed

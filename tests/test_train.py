@@ -120,3 +120,15 @@ def test_exact_resume(tmp_path_factory, synthetic_data, stage):
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     assert not torch.equal(weights(first, "first")["src_embed.table.weight"], a["src_embed.table.weight"])
+
+
+def test_activation_checkpointing_from_the_deepspeed_config():
+    from admin_ds.model import preset_config
+    from admin_ds.train import checkpointing_from_config
+
+    cfg = preset_config("admin-tiny")
+    section = {"activation_checkpointing": {"partition_activations": False}}
+    assert checkpointing_from_config(cfg, section, None).checkpoint_every == 1
+    assert checkpointing_from_config(cfg, section, 0).checkpoint_every == 0  # the flag wins
+    assert checkpointing_from_config(cfg, {}, None).checkpoint_every == 0
+    assert checkpointing_from_config(preset_config("admin-tiny", checkpoint_every=3), section, 3).checkpoint_every == 3
