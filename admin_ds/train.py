@@ -284,11 +284,13 @@ class Trainer:
                 loss_sum, nll_sum = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
                                                 label_smoothing=self.cfg.label_smoothing)
                 self.engine.backward(loss_sum / batch.ntokens)
-                if (self.step + 1) % self.cfg.log_interval == 0 and self.engine.is_gradient_accumulation_boundary():
+                # Ask before step(): afterwards DeepSpeed answers for the next micro-batch.
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                if boundary and (self.step + 1) % self.cfg.log_interval == 0:
                     grad_norm = ds.local_grad_norm(self.engine)
                 self.engine.step()
                 window += torch.tensor([loss_sum.item(), nll_sum.item(), batch.ntokens], dtype=torch.float64)
-                if not self.engine.is_gradient_accumulation_boundary():
+                if not boundary:
                     continue
                 self.step += 1
                 if self.metrics is not None:

@@ -63,6 +63,12 @@ def training_runs(tmp_path_factory, synthetic_data):
     config = ds_config(tmp, 2, "fp32")
     cases += [{"name": f"ckpt{k}", "argv": train_argv(synthetic_data, tmp / f"ckpt{k}", config, 5,
                                                       "--checkpoint-activations", str(k))} for k in (0, 1)]
+    # Gradient accumulation from the DeepSpeed config, and pruning to the newest --keep-last checkpoints.
+    accumulate = tmp / "ds_accumulate.json"
+    accumulate.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,
+                                      "zero_optimization": {"stage": 2}}))
+    cases.append({"name": "accumulate", "argv": train_argv(synthetic_data, tmp / "accumulate", accumulate, 4,
+                                                           "--save-interval", "1", "--keep-last", "2")})
     return tmp, run_cases(tmp, cases, "train")
 
 
@@ -96,6 +102,41 @@ def test_activation_checkpointing_same_training(training_runs):
     a, b = weights(out, "ckpt0"), weights(out, "ckpt1")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_and_keep_last(training_runs):
+    tmp, _ = training_runs
+    run = tmp / "accumulate"
+    assert [row["step"] for row in rows(run)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in run.glob("global_step*")) == ["global_step3", "global_step4"]
+    states = torch.load(run / "global_step4" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert states["step"] == 4
+    assert states["data"]["position"] == 8, "two micro-batches per optimizer step"
+
+
+@pytest.mark.slow
+def test_runs_under_srun_environment(tmp_path, synthetic_data):
+    """srun starts one process per task with SLURM_* set and no RANK: the trainer maps them itself."""
+    import os
+    import subprocess
+    import sys
+
+    from launch_util import free_port, launcher_env
+
+    port = str(free_port())
+    procs = []
+    for task in range(2):
+        env = {k: v for k, v in launcher_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(SLURM_PROCID=str(task), SLURM_NTASKS="2", SLURM_LOCALID=str(task), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "admin_ds.train",
+                                       *train_argv(synthetic_data, tmp_path / "run", ds_config(tmp_path, 2, "fp32"), 2)],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-3000:]
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["world_size"] == 2
+    assert (tmp_path / "run" / "latest").read_text().strip() == "global_step2"
 
 
 @pytest.mark.slow
