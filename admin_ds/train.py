@@ -271,7 +271,8 @@ class Trainer:
         dist.barrier()
         needs_omega = not resumed
         self.started = time.perf_counter()
-        window = torch.zeros(3, dtype=torch.float64)  # loss, nll, tokens since the last log
+        # loss, nll, tokens since the last log; kept on the device so that the step never waits for the host
+        window = torch.zeros(3, dtype=torch.float64, device=self.device)
         window_start = time.perf_counter()
         grad_norm = None
         validate_every = self.cfg.validate_interval or self.cfg.save_interval
@@ -289,7 +290,9 @@ class Trainer:
                 if boundary and (self.step + 1) % self.cfg.log_interval == 0:
                     grad_norm = ds.local_grad_norm(self.engine)
                 self.engine.step()
-                window += torch.tensor([loss_sum.item(), nll_sum.item(), batch.ntokens], dtype=torch.float64)
+                window[0] += loss_sum.detach()
+                window[1] += nll_sum.detach()
+                window[2] += batch.ntokens
                 if not boundary:
                     continue
                 self.step += 1
@@ -313,7 +316,7 @@ class Trainer:
             self.metrics.close()
 
     def _log_window(self, window: torch.Tensor, seconds: float, grad_norm: Optional[float]) -> None:
-        totals = self._all_reduce(window.clone())
+        totals = self._all_reduce(window.detach().cpu())
         tokens = max(totals[2].item(), 1.0)
         row = {"step": self.step, "loss": totals[0].item() / tokens, "nll": totals[1].item() / tokens,
                **ds.engine_step_info(self.engine, grad_norm), "tokens_per_s": tokens / max(seconds, 1e-9),

@@ -15,9 +15,9 @@ cd "$REPO"
 admin-ds prepare --train-prefix "$DATA/train" --valid-prefix "$DATA/dev" --test-prefix "$DATA/test" \
   --source-lang de --target-lang en --vocab-size 8000 --out "$WORK/data" --force
 time admin-ds train --data "$WORK/data" --save-dir "$WORK/run" --no-resume --arch admin-small \
-  --max-minutes "$MINUTES" --max-tokens 4096 --lr 1e-3 --warmup-updates 300 --dropout 0.1 \
-  --save-interval 40 --keep-last 5 --validate-interval 80 --log-interval 20 --no-tensorboard
-admin-ds average-checkpoints --save-dir "$WORK/run" --last 5 --output "$WORK/averaged" --force
+  --max-minutes "$MINUTES" --max-tokens 4096 --lr 1.5e-3 --warmup-updates 60 --dropout 0.1 \
+  --save-interval 40 --keep-last 4 --validate-interval 80 --log-interval 20 --no-tensorboard
+admin-ds average-checkpoints --save-dir "$WORK/run" --last 4 --output "$WORK/averaged" --force
 for name in run averaged; do
   start=$(date +%s)
   admin-ds evaluate --checkpoint "$WORK/$name" --src "$DATA/test.de" --ref "$DATA/test.en" --beam 5 \
