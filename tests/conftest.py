@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -19,3 +20,12 @@ def synthetic_data(tmp_path_factory) -> Path:
                           source_lang="src", target_lang="tgt", out_dir=out, vocab_size=200, workers=1,
                           progress=False))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models decode faster on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,16 +8,11 @@ import admin_ds
 from admin_ds.errors import UserError
 from admin_ds.generate import generate, make_batch, max_lengths
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, BOS, EOS = 0, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models decode faster on one thread, and the test machine is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_model(residual="admin", eos_bias=3.0, seed=0):

@@ -19,16 +19,12 @@ from admin_ds.data import PrepareConfig, prepare
 from admin_ds.errors import UserError
 from admin_ds.translate import find_spm, load_tokenizer, token_batches, translate_hypotheses, translate_lines
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EOS = 3
 WORDS = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sentences(n, seed):
