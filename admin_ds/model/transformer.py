@@ -156,8 +156,10 @@ class TranslationModel(nn.Module):
         offset = cache.steps if cache is not None else 0
         if offset + tgt_tokens.size(1) > self.cfg.max_positions:
             raise UserError(f"decoding past max_positions {self.cfg.max_positions}")
-        mask = cache.memory_padding_mask if cache is not None else encoder_out.padding_mask
-        mask = mask if mask is not None and mask.any() else None
+        if cache is not None:
+            mask = cache.memory_padding_mask  # decided once in new_cache: no host sync per decoding step
+        else:
+            mask = encoder_out.padding_mask if encoder_out.padding_mask.any() else None
         x = self.decoder(self.tgt_embed(tgt_tokens, offset), encoder_out.memory, mask, cache)
         if cache is not None:
             cache.steps += tgt_tokens.size(1)
@@ -170,7 +172,10 @@ class TranslationModel(nn.Module):
 
     def new_cache(self, encoder_out: EncoderOut) -> DecoderCache:
         """An empty incremental-decoding cache for this batch; see DecoderCache.reorder for beam search."""
-        return DecoderCache.empty(len(self.decoder.layers), encoder_out.padding_mask)
+        # A batch without padding stays so under beam reordering (rows are only selected), so the
+        # mask can be dropped once here instead of tested at every step.
+        mask = encoder_out.padding_mask if encoder_out.padding_mask.any() else None
+        return DecoderCache.empty(len(self.decoder.layers), mask)
 
     def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, target: Optional[torch.Tensor] = None,
                 label_smoothing: float = 0.0):
