@@ -1,12 +1,18 @@
 """Activation checkpointing on a 60-12 d=128 Admin model: peak activation memory and step time (issue 5).
 
-    python bench/bench_checkpointing.py [--repeats 3]
+    python bench/bench_checkpointing.py [--repeats 3] [--steps 5] [--every 1 2]
 
-Each measurement runs in a fresh subprocess: build the model and a torch Adam, take one warm-up step
-(optimizer state allocated), reset the resident-set high-water mark (/proc/self/clear_refs), take one more
-step, and report VmHWM - VmRSS before that step (step time comes from a second child with the default allocator): the step's own peak (activations, gradients, autograd
-buffers). MALLOC_MMAP_THRESHOLD_ makes freed tensors leave the RSS. Batch 64 x 32 source and target tokens,
-vocabulary 8000, dropout 0.1, torch.set_num_threads(2). Runs alternate; medians are printed.
+Batch 64 x 32 source and target tokens, vocabulary 8000, dropout 0.1, torch Adam, torch.set_num_threads(2).
+
+Memory: a fresh process per measurement builds one model, takes a warm-up step (optimizer state
+allocated), resets the resident-set high-water mark (/proc/self/clear_refs), takes one more step and
+reports VmHWM - VmRSS before that step: the step's own peak (activations, gradients, autograd buffers).
+MALLOC_MMAP_THRESHOLD_ makes freed tensors leave the RSS.
+
+Time: one process per repeat (default allocator: serving every tensor with mmap would add page faults)
+builds the models side by side from the same seed, warms each up, then alternates their steps so that
+drift on a shared machine hits both alike. Per repeat the median step of each is kept; the medians of
+those are printed, and the ratio is the median of the per-repeat ratios.
 """
 
 import argparse
@@ -15,9 +21,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-CHILD = r"""
+SETUP = r"""
 import json, sys, time, torch
 sys.path.insert(0, {repo!r})
 from admin_ds.model import build_model
@@ -26,60 +31,77 @@ def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-torch.manual_seed(0)
-model = build_model("admin-60-12", d_model=128, nhead=4, ffn_dim=512, src_vocab_size=8000, tgt_vocab_size=8000,
-                    checkpoint_every={every}).train()
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+def make(every):
+    torch.manual_seed(0)
+    model = build_model("admin-60-12", d_model=128, nhead=4, ffn_dim=512, src_vocab_size=8000,
+                        tgt_vocab_size=8000, checkpoint_every=every).train()
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
 gen = torch.Generator().manual_seed(0)
 src = torch.randint(4, 8000, (64, 32), generator=gen)
 tgt = torch.randint(4, 8000, (64, 33), generator=gen)
-def step():
+def step(model, optimizer):
+    start = time.perf_counter()
     loss, _ = model(src, tgt[:, :-1], target=tgt[:, 1:], label_smoothing=0.1)
     (loss / tgt[:, 1:].numel()).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-step()
+    return time.perf_counter() - start
+"""
+
+MEMORY = SETUP + r"""
+model, optimizer = make({every})
+step(model, optimizer)
 before = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")
-start = time.perf_counter()
-step()
-seconds = time.perf_counter() - start
-print(json.dumps({{"peak": status("VmHWM") - before, "seconds": seconds}}))
+step(model, optimizer)
+print(json.dumps(status("VmHWM") - before))
+"""
+
+TIME = SETUP + r"""
+runs = {{every: make(every) for every in {everies!r}}}
+times = {{every: [] for every in runs}}
+for every, (model, optimizer) in runs.items():
+    step(model, optimizer)
+for _ in range({steps}):
+    for every, (model, optimizer) in runs.items():
+        times[every].append(step(model, optimizer))
+print(json.dumps({{every: sorted(t)[len(t) // 2] for every, t in times.items()}}))
 """
 
 
-def run_child(every: int, mmap_everything: bool) -> dict:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def run_child(code: str, mmap_everything: bool):
     env = dict(os.environ, OMP_NUM_THREADS="2")
     if mmap_everything:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    out = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo, every=every)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def measure(every: int) -> dict:
-    """Memory from a child whose freed tensors leave the RSS; time from one with the default allocator
-    (serving every tensor with mmap costs page faults that would distort the time)."""
-    return {"peak": run_child(every, True)["peak"], "seconds": run_child(every, False)["seconds"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="alternating timed steps per repeat")
+    parser.add_argument("--every", type=int, nargs="+", default=[1], help="checkpoint every K layers")
     args = parser.parse_args()
-    runs = {0: [], 1: []}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    everies = [0] + [k for k in args.every if k > 0]
+    peaks = {every: [] for every in everies}
+    seconds = {every: [] for every in everies}
     for _ in range(args.repeats):
-        for every in runs:
-            runs[every].append(measure(every))
-    med = {every: {key: statistics.median(r[key] for r in values) for key in ("peak", "seconds")}
-           for every, values in runs.items()}
-    for every, values in med.items():
+        for every in everies:
+            peaks[every].append(run_child(MEMORY.format(repo=repo, every=every), True))
+        medians = run_child(TIME.format(repo=repo, everies=everies, steps=args.steps), False)
+        for every in everies:
+            seconds[every].append(medians[str(every)])
+    for every in everies:
         label = "off" if every == 0 else f"every {every} layer"
-        print(f"checkpointing {label:14s}: step peak {values['peak'] / 2**20:7.1f} MiB, step {values['seconds']:.2f} s "
-              f"(runs: {[round(r['seconds'], 2) for r in runs[every]]})")
-    print(f"activation memory ratio (on/off): {med[1]['peak'] / med[0]['peak']:.3f}x")
-    print(f"step time ratio (on/off): {med[1]['seconds'] / med[0]['seconds']:.3f}x")
+        print(f"checkpointing {label:14s}: step peak {statistics.median(peaks[every]) / 2**20:7.1f} MiB, "
+              f"step {statistics.median(seconds[every]):.2f} s (per repeat: {[round(s, 2) for s in seconds[every]]})")
+    for every in everies[1:]:
+        memory = statistics.median(peaks[every]) / statistics.median(peaks[0])
+        time_ratio = statistics.median(a / b for a, b in zip(seconds[every], seconds[0]))
+        print(f"every {every}: activation memory ratio (on/off) {memory:.3f}x, step time ratio (on/off) "
+              f"{time_ratio:.3f}x")
     return 0
 
 

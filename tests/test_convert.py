@@ -34,8 +34,8 @@ CASES = {
     "z1": ({"stage": 1}, []),
     "z2": ({"stage": 2}, []),
     "z2-offload": ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, []),
-    "z3": ({"stage": 3}, []),
-    "z3-zero-init": ({"stage": 3}, ["--zero-init"]),
+    "z3": ({"stage": 3, "stage3_param_persistence_threshold": 0}, []),
+    "z3-zero-init": ({"stage": 3, "stage3_param_persistence_threshold": 0}, ["--zero-init"]),
 }
 STEPS = 10
 

@@ -46,6 +46,8 @@ def test_hook_two_ranks(hook_runs, case):
     # Bit-identical ω on every rank, although each rank profiled on its own batch.
     assert ranks[0]["profile"] == ranks[1]["profile"]
     assert ranks[0]["master_after"] == ranks[1]["master_after"]
+    if case.startswith("3"):
+        assert ranks[0]["partitioned"] and ranks[1]["partitioned"], "ZeRO-3 left ω whole on each rank"
 
     # Rank 0's batch decides: equal to the single-process profile to 1e-6 relative (bf16 activations
     # round at ~3 significant digits, so there the statistics can only agree to about 1%).

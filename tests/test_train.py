@@ -15,7 +15,12 @@ CPU_CONFIGS = REPO / "ds_configs"
 
 def ds_config(tmp: Path, stage: int, precision: str) -> Path:
     path = tmp / f"ds_zero{stage}_{precision}.json"
-    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
+    zero = {"stage": stage}
+    if stage == 3:
+        # DeepSpeed keeps parameters under 100k elements whole on every rank; admin-tiny's are all that
+        # small, so without this ZeRO-3 would partition nothing (and gather nothing) here.
+        zero["stage3_param_persistence_threshold"] = 0
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero,
               "bf16": {"enabled": precision == "bf16"}}
     path.write_text(json.dumps(config))
     return path

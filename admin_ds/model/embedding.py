@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from admin_ds.model.dropout import Dropout
 from admin_ds.model.init import EmbeddingTable
 
 
@@ -34,7 +35,7 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(table.embedding_dim)
         self.register_buffer("positions", sinusoidal_positions(max_positions, table.embedding_dim),
                              persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
         time = tokens.size(1)

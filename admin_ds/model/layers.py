@@ -14,6 +14,7 @@ from torch import nn
 
 from admin_ds.model.attention import MultiheadAttention
 from admin_ds.model.cache import AttentionCache
+from admin_ds.model.dropout import Dropout
 from admin_ds.model.init import Linear
 from admin_ds.model.residual import Residual
 
@@ -25,10 +26,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = Linear(d_model, ffn_dim, gains=(gain,))
         self.fc2 = Linear(ffn_dim, d_model, gains=(gain,))
-        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation_dropout = Dropout(activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+        # In place: fc1's output is a fresh tensor nobody keeps, so no second [B, T, F] buffer is allocated.
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x), inplace=True)))
 
 
 class EncoderLayer(nn.Module):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from admin_ds.model.dropout import Dropout
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm that normalises fp16 inputs in fp32: the variance of a shortcut scaled by ω (up to ~10
@@ -61,7 +63,7 @@ class Residual(nn.Module):
         self.pre_norm = scheme == "pre-ln"
         self.alpha = alpha
         self.norm = LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # ω starts at 1 (plain Post-LN) until profiling or a profile file sets it.
         self.omega = nn.Parameter(torch.ones(d_model)) if scheme == "admin" else None
         # Set only while admin.profile_omega runs its profiling forward; see admin.py.
@@ -73,7 +75,5 @@ class Residual(nn.Module):
         y = self.dropout(branch(x))
         if self.omega is not None:
             omega = self.profiler(x, y) if self.profiler is not None else self.omega
-            return self.norm(x * omega.to(x.dtype) + y)
-        if self.alpha != 1.0:
-            return self.norm(x * self.alpha + y)
-        return self.norm(x + y)
+            return self.norm(torch.addcmul(y, x, omega.to(x.dtype)))  # ω ⊙ x + y in one pass
+        return self.norm(torch.add(y, x, alpha=self.alpha))

@@ -23,10 +23,6 @@ from admin_ds.model.layers import DecoderLayer, EncoderLayer
 from admin_ds.model.residual import LayerNorm, Residual, scheme_coefficients
 
 
-# Tokens per recomputed loss chunk under activation checkpointing: [1024, V] fp32 logits at a time.
-LOSS_CHUNK_TOKENS = 1024
-
-
 @dataclass
 class EncoderOut:
     """memory [B, S, D] and padding_mask [B, S] (True = padding)."""
@@ -182,8 +178,8 @@ class TranslationModel(nn.Module):
         """src_tokens [B, S], tgt_tokens [B, T] (BOS first) -> logits [B, T, V].
 
         With ``target`` [B, T] (the next tokens, pad where none) it returns (loss_sum, nll_sum) instead:
-        the training step goes through one forward call, which is what DeepSpeed's engine wraps. Under
-        activation checkpointing the loss is computed in recomputed chunks (criterion.py).
+        the training step goes through one forward call, which is what DeepSpeed's engine wraps. The loss
+        is fused with the output projection (criterion.py): no [B, T, V] logits are kept for backward.
         """
         if src_tokens.size(0) != tgt_tokens.size(0):
             raise UserError(f"the batch sizes of src_tokens ({src_tokens.size(0)}) and tgt_tokens "
@@ -191,5 +187,4 @@ class TranslationModel(nn.Module):
         features = self.decode_features(tgt_tokens, self.encode(src_tokens))
         if target is None:
             return self.output_proj(features)
-        chunk = LOSS_CHUNK_TOKENS if self.cfg.checkpoint_every > 0 else 0
-        return label_smoothed_loss(features, self.output_proj, target, label_smoothing, self.cfg.pad_id, chunk)
+        return label_smoothed_loss(features, self.output_proj, target, label_smoothing, self.cfg.pad_id)

@@ -1,0 +1,54 @@
+"""Dropout with a cheaper CPU path.
+
+On CPU, ``nn.Dropout`` draws one Bernoulli float per element and keeps a float mask for backward: on a
+60-12 d=128 step that was a quarter of the forward time (156 calls at ~3.8 ms against ~5 ms for an FFN
+matmul), paid twice under activation checkpointing. Here one 64-bit random word feeds four elements as
+16-bit uniforms and the mask is kept as booleans (a quarter of the memory). The keep probability is
+quantised to 1/65536 and the scale uses the quantised value, so E[dropout(x)] = x holds exactly.
+
+CUDA and other devices keep ``F.dropout``: their fused kernel (Philox RNG, in-kernel mask) is already fast.
+Randomness comes from torch's default CPU generator, so ``torch.manual_seed``, the checkpointed RNG state
+and non-reentrant activation checkpointing (which replays that state) all work as with ``nn.Dropout``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LEVELS = 1 << 16
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A boolean mask of ``shape`` with P(True) = 1 - p (p rounded to 1/65536) and the matching scale."""
+    drop_levels = round(p * _LEVELS)
+    numel = shape.numel()
+    # random_(min, None) fills all 64 bits with no modulo (randint's range arithmetic costs ~15% more).
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    uniform16 = words.view(torch.int16)[:numel]  # each in [-32768, 32767], uniform
+    mask = uniform16.ge(drop_levels - _LEVELS // 2).view(shape)
+    return mask, _LEVELS / (_LEVELS - drop_levels)
+
+
+class Dropout(nn.Module):
+    """Drop-in for ``nn.Dropout`` (same ``p``, same train/eval behaviour); any shape -> same shape."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
+            return F.dropout(x, self.p, training=True)
+        mask, scale = keep_mask(x.shape, self.p, x.device)
+        # Autograd keeps the boolean mask for backward (mul saves its other operand); scaling a fresh
+        # tensor in place saves nothing.
+        return x.mul(mask).mul_(scale)

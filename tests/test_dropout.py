@@ -1,0 +1,80 @@
+"""The CPU dropout (model/dropout.py): drop rate, scale, gradient, reproducibility, eval/p=0 identity."""
+
+import pytest
+import torch
+
+from admin_ds.model.dropout import Dropout, keep_mask
+
+
+def test_drop_rate_and_unbiased_scale():
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = Dropout(0.1).train()(x)
+    dropped = (y == 0).float().mean().item()
+    # 400k Bernoulli(0.1) draws: the standard deviation of the rate is 4.7e-4.
+    assert abs(dropped - 0.1) < 3e-3
+    kept = y[y != 0]
+    assert torch.all(kept == kept[0]) and kept[0].item() == pytest.approx(1 / 0.9, rel=1e-4)
+    assert y.mean().item() == pytest.approx(1.0, abs=5e-3)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
+def test_mask_rate_follows_p(p):
+    torch.manual_seed(1)
+    mask, scale = keep_mask(torch.Size([300_000]), p, torch.device("cpu"))
+    assert mask.dtype == torch.bool
+    assert mask.float().mean().item() == pytest.approx(1 - p, abs=4e-3)
+    assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def test_gradient_is_the_same_mask_and_scale():
+    torch.manual_seed(2)
+    x = torch.randn(8, 5, 16, requires_grad=True)
+    weights = torch.randn(8, 5, 16)
+    y = Dropout(0.25).train()(x)
+    (y * weights).sum().backward()
+    kept = y != 0
+    scale = (y[kept] / x.detach()[kept]).mean()
+    assert scale.item() == pytest.approx(1 / 0.75, rel=1e-4)
+    torch.testing.assert_close(x.grad, weights * kept * scale, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_mask_and_shapes_kept():
+    x = torch.randn(3, 7, 11)
+    torch.manual_seed(5)
+    a = Dropout(0.3).train()(x)
+    torch.manual_seed(5)
+    b = Dropout(0.3).train()(x)
+    c = Dropout(0.3).train()(x)  # the stream moved on
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_identity_in_eval_and_at_zero():
+    x = torch.randn(4, 9)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_keeps_half_precision_dtypes():
+    torch.manual_seed(3)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.ones(1000, dtype=dtype)
+        y = Dropout(0.2).train()(x)
+        assert y.dtype == dtype and 0 < (y == 0).sum() < 1000
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_rejects_bad_probability(p):
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(p)
+
+
+def test_elements_sharing_a_random_word_are_independent():
+    """Four elements take their 16-bit uniforms from one 64-bit word: their drops must not correlate."""
+    torch.manual_seed(4)
+    mask, _ = keep_mask(torch.Size([400_000]), 0.5, torch.device("cpu"))
+    words = mask.view(-1, 4).float()
+    for i in range(4):
+        for j in range(i + 1, 4):
+            both = (words[:, i] * words[:, j]).mean().item()
+            assert both == pytest.approx(0.25, abs=6e-3), (i, j)
