@@ -16,8 +16,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk's [tokens, V] fp32 logits: 8M = 32 MiB (1048 tokens of an 8k vocabulary).
-LOSS_CHUNK_ELEMENTS = 1 << 23
+# Elements of one chunk's [tokens, V] fp32 logits. CPU: 8M = 32 MiB (1048 tokens of an 8k vocabulary),
+# which sets the peak of a checkpointed step. Accelerators: 64M = 256 MiB (2048 tokens of a 32k
+# vocabulary), since each chunk costs a dozen kernel launches and their memory is ample.
+LOSS_CHUNK_ELEMENTS_CPU = 1 << 23
+LOSS_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
 def _chunk_log_probs(features: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -88,14 +91,16 @@ def label_smoothed_loss(features: torch.Tensor, output_proj: torch.nn.Linear, ta
         features: decoder output [B, T, D].
         output_proj: the projection to the vocabulary (weight [V, D], optional bias [V]).
         target: [B, T] ids, ``pad_id`` where there is nothing to predict.
-        chunk_tokens: tokens per chunk; default: as many as fit ``LOSS_CHUNK_ELEMENTS`` logits.
+        chunk_tokens: tokens per chunk; default: as many as fit the device's logits budget (see above).
     Returns: (loss_sum, nll_sum), fp32 scalars; only loss_sum is differentiable.
     """
     flat_features = features.reshape(-1, features.size(-1))  # [B*T, D]
     flat_target = target.reshape(-1)  # [B*T]
     weight, bias = output_proj.weight, output_proj.bias
     if chunk_tokens is None:
-        chunk_tokens = max(1, LOSS_CHUNK_ELEMENTS // weight.size(0))
+        cpu = features.device.type == "cpu"
+        budget = LOSS_CHUNK_ELEMENTS_CPU if cpu else LOSS_CHUNK_ELEMENTS_ACCELERATOR
+        chunk_tokens = max(1, budget // weight.size(0))
     differentiable = any(t is not None and t.requires_grad for t in (flat_features, weight, bias))
     if torch.is_grad_enabled() and differentiable:
         return _FusedLoss.apply(flat_features, weight, bias, flat_target, epsilon, pad_id, chunk_tokens)
