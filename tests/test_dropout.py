@@ -78,3 +78,25 @@ def test_elements_sharing_a_random_word_are_independent():
         for j in range(i + 1, 4):
             both = (words[:, i] * words[:, j]).mean().item()
             assert both == pytest.approx(0.25, abs=6e-3), (i, j)
+
+
+def test_checkpoint_recomputation_replays_the_forward_masks(monkeypatch):
+    """Under activation checkpointing backward recomputes each layer; its dropout masks come from the
+    forward's tape, not from new random draws (the equality of the gradients themselves is checked in
+    test_model.py's checkpointing test, attention dropout included)."""
+    from admin_ds.model import build_model
+    from admin_ds.model import dropout as dropout_module
+
+    torch.manual_seed(0)
+    model = build_model("admin-tiny", checkpoint_every=1, dropout=0.1).train()
+    draws = []
+    real_keep_mask = dropout_module.keep_mask
+    monkeypatch.setattr(dropout_module, "keep_mask", lambda *args: draws.append(1) or real_keep_mask(*args))
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(4, 64, (3, 7), generator=gen), torch.randint(4, 64, (3, 6), generator=gen)
+    loss, _ = model(src, tgt[:, :-1], target=tgt[:, 1:], label_smoothing=0.1)
+    forward_draws = len(draws)
+    loss.backward()
+    # 2 + 2 layers: embeddings 2, encoder 2 x 2, decoder 2 x 3 residual dropouts.
+    assert forward_draws == 12
+    assert len(draws) == forward_draws, "the recomputation drew new masks"

@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk's [tokens, V] fp32 logits. CPU: 8M = 32 MiB (1048 tokens of an 8k vocabulary),
+# Elements of one chunk's [tokens, V] fp32 logits. CPU: 4M = 16 MiB (524 tokens of an 8k vocabulary),
 # which sets the peak of a checkpointed step. Accelerators: 64M = 256 MiB (2048 tokens of a 32k
 # vocabulary), since each chunk costs a dozen kernel launches and their memory is ample.
-LOSS_CHUNK_ELEMENTS_CPU = 1 << 23
+LOSS_CHUNK_ELEMENTS_CPU = 1 << 22
 LOSS_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 

@@ -13,6 +13,10 @@ and non-reentrant activation checkpointing (which replays that state) all work a
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +33,38 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     uniform16 = words.view(torch.int16)[:numel]  # each in [-32768, 32767], uniform
     mask = uniform16.ge(drop_levels - _LEVELS // 2).view(shape)
     return mask, _LEVELS / (_LEVELS - drop_levels)
+
+
+class _Tape(threading.local):
+    """The masks of the checkpointed segment running on this thread: recorded in its forward, replayed
+    (in the same order) when backward recomputes it. Thread-local because autograd may recompute on its
+    own threads."""
+
+    masks: Optional[list] = None
+    replay: Optional[Iterator] = None
+
+
+_tape = _Tape()
+
+
+@contextmanager
+def _set_tape(masks: Optional[list], replay: Optional[Iterator]):
+    saved = _tape.masks, _tape.replay
+    _tape.masks, _tape.replay = masks, replay
+    try:
+        yield
+    finally:
+        _tape.masks, _tape.replay = saved
+
+
+def mask_tape_contexts():
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: the recomputation reuses the forward's
+    dropout masks instead of drawing them again (the random draws are most of a CPU dropout's cost, and
+    the boolean masks are a quarter of the activation they replace). Each entry also keeps the CPU
+    generator's state after its draw (5 KB). Falling back to drawing is exact too: checkpointing restores
+    the RNG state before recomputing."""
+    masks: list = []
+    return _set_tape(masks, None), _set_tape(None, iter(masks))
 
 
 class Dropout(nn.Module):
@@ -48,7 +84,16 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
             return F.dropout(x, self.p, training=True)
-        mask, scale = keep_mask(x.shape, self.p, x.device)
+        recorded = next(_tape.replay, None) if _tape.replay is not None else None
+        if recorded is not None and recorded[0].shape == x.shape:
+            mask, scale, rng_after = recorded
+            # Leave the generator where the draw left it, so that other random ops in the segment
+            # (attention dropout inside SDPA) see the stream they saw in the forward.
+            torch.set_rng_state(rng_after)
+        else:
+            mask, scale = keep_mask(x.shape, self.p, x.device)
+            if _tape.masks is not None:
+                _tape.masks.append((mask, scale, torch.get_rng_state()))
         # Autograd keeps the boolean mask for backward (mul saves its other operand); scaling a fresh
         # tensor in place saves nothing.
         return x.mul(mask).mul_(scale)

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from admin_ds.errors import UserError
 from admin_ds.model.cache import DecoderCache
 from admin_ds.model.config import ModelConfig
+from admin_ds.model.dropout import mask_tape_contexts
 from admin_ds.model.criterion import label_smoothed_loss
 from admin_ds.model.embedding import Embedding, make_table
 from admin_ds.model.init import Linear
@@ -36,7 +37,8 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor, call: Callable, che
     only every k-th layer's input and recompute the k layers in between during backward.
 
     Non-reentrant checkpointing: the reentrant kind drops gradients when no input requires grad
-    (deepspeed-notes.md), and it restores the dropout RNG so recomputation matches.
+    (deepspeed-notes.md), and it restores the RNG state so recomputation matches; on CPU the dropout
+    masks of the forward are replayed instead of drawn again (dropout.mask_tape_contexts).
     """
     if checkpoint_every <= 0 or not torch.is_grad_enabled():
         for layer in layers:
@@ -49,7 +51,7 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor, call: Callable, che
         return inputs
 
     for start in range(0, len(layers), checkpoint_every):
-        x = checkpoint(segment, start, x, use_reentrant=False)
+        x = checkpoint(segment, start, x, use_reentrant=False, context_fn=mask_tape_contexts)
     return x
 
 
