@@ -7,8 +7,9 @@ matmul), paid twice under activation checkpointing. Here one 64-bit random word 
 quantised to 1/65536 and the scale uses the quantised value, so E[dropout(x)] = x holds exactly.
 
 CUDA and other devices keep ``F.dropout``: their fused kernel (Philox RNG, in-kernel mask) is already fast.
-Randomness comes from torch's default CPU generator, so ``torch.manual_seed``, the checkpointed RNG state
-and non-reentrant activation checkpointing (which replays that state) all work as with ``nn.Dropout``.
+Randomness comes from torch's default CPU generator, so ``torch.manual_seed`` and the RNG states saved in
+training checkpoints work as with ``nn.Dropout``. Under activation checkpointing the recomputation
+replays the forward's masks instead of drawing them again (``mask_tape_contexts``).
 """
 
 from __future__ import annotations
