@@ -100,7 +100,7 @@ def generate(model: TranslationModel, src_tokens: torch.Tensor, beam: int = 5, l
     # Every sentence's encoder output repeated for its K hypotheses: rows b*K .. b*K+K-1 belong to sentence b.
     expand = torch.arange(bsz, device=device).repeat_interleave(k)  # [N]
     encoder_out = EncoderOut(encoder_out.memory.index_select(0, expand),
-                             encoder_out.padding_mask.index_select(0, expand))
+                             encoder_out.padding_mask.index_select(0, expand), encoder_out.has_padding)
     cache = model.new_cache(encoder_out) if incremental else None
 
     # Bookkeeping of live sentences stays on the CPU, so that a GPU step synchronises only once.
@@ -182,7 +182,7 @@ def generate(model: TranslationModel, src_tokens: torch.Tensor, beam: int = 5, l
         if len(kept) < live:
             kept_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)  # [N'']
             encoder_out = EncoderOut(encoder_out.memory.index_select(0, kept_rows),
-                                     encoder_out.padding_mask.index_select(0, kept_rows))
+                                     encoder_out.padding_mask.index_select(0, kept_rows), encoder_out.has_padding)
             sent_ids = [sent_ids[i] for i in kept]
             sent_max_len = [sent_max_len[i] for i in kept]
         if cache is not None:

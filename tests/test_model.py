@@ -56,6 +56,10 @@ def test_output_shapes():
     assert enc.memory.shape == (3, 7, 32)
     assert enc.padding_mask.dtype == torch.bool and enc.padding_mask.shape == (3, 7)
     assert enc.padding_mask[1].tolist() == [False] * 5 + [True] * 2
+    assert enc.has_padding and enc.attention_mask is enc.padding_mask
+    unpadded = model.encode(tokens(3, 7))  # no padding: the attention mask is dropped, decided once
+    assert not unpadded.has_padding and unpadded.attention_mask is None
+    assert model.new_cache(unpadded).memory_padding_mask is None
     assert model.decode_features(tgt, enc).shape == (3, 5, 32)
     assert model.decode(tgt, enc).shape == (3, 5, V)
     # Separate vocabularies (no sharing) give logits over the target vocabulary.

@@ -86,7 +86,7 @@ class Dropout(nn.Module):
         if x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
             return F.dropout(x, self.p, training=True)
         recorded = next(_tape.replay, None) if _tape.replay is not None else None
-        if recorded is not None and recorded[0].shape == x.shape:
+        if recorded is not None:
             mask, scale, rng_after = recorded
             # Leave the generator where the draw left it, so that other random ops in the segment
             # (attention dropout inside SDPA) see the stream they saw in the forward.

@@ -26,10 +26,21 @@ from admin_ds.model.residual import LayerNorm, Residual, scheme_coefficients
 
 @dataclass
 class EncoderOut:
-    """memory [B, S, D] and padding_mask [B, S] (True = padding)."""
+    """memory [B, S, D] and padding_mask [B, S] (True = padding).
+
+    ``has_padding`` is decided once, in ``encode``: asking ``padding_mask.any()`` is a host sync, and the
+    encoder, the decoder and the decoding cache all need the answer. Selecting rows (beam search) keeps
+    it valid: it may then say True for rows that have no padding, which only costs the mask.
+    """
 
     memory: torch.Tensor
     padding_mask: torch.Tensor
+    has_padding: bool = True
+
+    @property
+    def attention_mask(self) -> Optional[torch.Tensor]:
+        """padding_mask, or None when nothing is padded (so SDPA can take its unmasked kernels)."""
+        return self.padding_mask if self.has_padding else None
 
 
 def run_layers(layers: Sequence[nn.Module], x: torch.Tensor, call: Callable, checkpoint_every: int) -> torch.Tensor:
@@ -67,10 +78,9 @@ class Encoder(nn.Module):
         self.norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.residual == "pre-ln" else None
         self.checkpoint_every = cfg.checkpoint_every
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """x [B, S, D] embedded source -> [B, S, D]."""
-        mask = padding_mask if padding_mask.any() else None
-        x = run_layers(self.layers, x, lambda layer, h: layer(h, mask), self.checkpoint_every)
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x [B, S, D] embedded source, padding_mask [B, S] or None (no padding) -> [B, S, D]."""
+        x = run_layers(self.layers, x, lambda layer, h: layer(h, padding_mask), self.checkpoint_every)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -141,8 +151,9 @@ class TranslationModel(nn.Module):
         """src_tokens [B, S] -> EncoderOut(memory [B, S, D], padding_mask [B, S])."""
         self._check_tokens(src_tokens, self.cfg.src_vocab_size, "src_tokens")
         padding_mask = src_tokens.eq(self.cfg.pad_id)
-        memory = self.encoder(self.src_embed(src_tokens), padding_mask)
-        return EncoderOut(memory, padding_mask)
+        has_padding = bool(padding_mask.any())
+        memory = self.encoder(self.src_embed(src_tokens), padding_mask if has_padding else None)
+        return EncoderOut(memory, padding_mask, has_padding)
 
     def decode_features(self, tgt_tokens: torch.Tensor, encoder_out: EncoderOut,
                         cache: Optional[DecoderCache] = None) -> torch.Tensor:
@@ -154,10 +165,7 @@ class TranslationModel(nn.Module):
         offset = cache.steps if cache is not None else 0
         if offset + tgt_tokens.size(1) > self.cfg.max_positions:
             raise UserError(f"decoding past max_positions {self.cfg.max_positions}")
-        if cache is not None:
-            mask = cache.memory_padding_mask  # decided once in new_cache: no host sync per decoding step
-        else:
-            mask = encoder_out.padding_mask if encoder_out.padding_mask.any() else None
+        mask = cache.memory_padding_mask if cache is not None else encoder_out.attention_mask
         x = self.decoder(self.tgt_embed(tgt_tokens, offset), encoder_out.memory, mask, cache)
         if cache is not None:
             cache.steps += tgt_tokens.size(1)
@@ -170,10 +178,7 @@ class TranslationModel(nn.Module):
 
     def new_cache(self, encoder_out: EncoderOut) -> DecoderCache:
         """An empty incremental-decoding cache for this batch; see DecoderCache.reorder for beam search."""
-        # A batch without padding stays so under beam reordering (rows are only selected), so the
-        # mask can be dropped once here instead of tested at every step.
-        mask = encoder_out.padding_mask if encoder_out.padding_mask.any() else None
-        return DecoderCache.empty(len(self.decoder.layers), mask)
+        return DecoderCache.empty(len(self.decoder.layers), encoder_out.attention_mask)
 
     def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, target: Optional[torch.Tensor] = None,
                 label_smoothing: float = 0.0):
