@@ -30,14 +30,7 @@ from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
 from admin_ds.reparam import to_plain
 
-__all__ = ["convert", "read_deepspeed_checkpoint", "read_training_checkpoint", "to_plain", "add_arguments", "main"]
-
-
-def read_training_checkpoint(path: str | Path,
-                             tag: Optional[str] = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, fp32 state dict) of a DeepSpeed checkpoint directory (or anything load_model reads)."""
-    model, _ = load_checkpoint(path, tag)
-    return model.cfg, model.state_dict()
+__all__ = ["convert", "read_deepspeed_checkpoint", "to_plain", "add_arguments", "main"]
 
 
 # --- DeepSpeed checkpoints of `admin-ds train` -------------------------------------------------------------

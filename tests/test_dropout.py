@@ -94,9 +94,13 @@ def test_checkpoint_recomputation_replays_the_forward_masks(monkeypatch):
     monkeypatch.setattr(dropout_module, "keep_mask", lambda *args: draws.append(1) or real_keep_mask(*args))
     gen = torch.Generator().manual_seed(0)
     src, tgt = torch.randint(4, 64, (3, 7), generator=gen), torch.randint(4, 64, (3, 6), generator=gen)
+    layer_runs = []
+    layer_forward = model.encoder.layers[0].forward
+    model.encoder.layers[0].forward = lambda *args: layer_runs.append(1) or layer_forward(*args)
     loss, _ = model(src, tgt[:, :-1], target=tgt[:, 1:], label_smoothing=0.1)
     forward_draws = len(draws)
     loss.backward()
+    assert len(layer_runs) == 2, "backward did not recompute the layer: checkpointing is off"
     # 2 + 2 layers: embeddings 2, encoder 2 x 2, decoder 2 x 3 residual dropouts.
     assert forward_draws == 12
     assert len(draws) == forward_draws, "the recomputation drew new masks"

@@ -177,4 +177,5 @@ def test_activation_checkpointing_from_the_deepspeed_config():
     assert checkpointing_from_config(cfg, section, None).checkpoint_every == 1
     assert checkpointing_from_config(cfg, section, 0).checkpoint_every == 0  # the flag wins
     assert checkpointing_from_config(cfg, {}, None).checkpoint_every == 0
-    assert checkpointing_from_config(preset_config("admin-tiny", checkpoint_every=3), section, 3).checkpoint_every == 3
+    # A model that already checkpoints every 3 layers keeps its 3 when the section is present.
+    assert checkpointing_from_config(preset_config("admin-tiny", checkpoint_every=3), section, None).checkpoint_every == 3
