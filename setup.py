@@ -13,14 +13,17 @@ setup(
     # torch is a range on purpose: GPU users install their own CUDA build first and keep it.
     install_requires=[
         "torch>=2.1",
-        "deepspeed>=0.14",
+        # The ZeRO checkpoint reader (admin_ds/checkpoints/zero.py) reads DeepSpeed's private optimizer-state
+        # layout; it is tested against DeepSpeed's own zero_to_fp32 on 0.19.8 (tests/test_convert.py).
+        "deepspeed>=0.19.8,<0.20",
         "sentencepiece>=0.1.99",
         "sacrebleu>=2.3",
         "numpy>=1.24",
-        "safetensors>=0.4",
+        # 0.8's save_file writes from the tensors' memory; 0.4.5 made a second copy of the model.
+        "safetensors>=0.8",
         "tqdm>=4.60",
         "tensorboard>=2.12",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "import-linter>=2.1"]},
     entry_points={"console_scripts": ["admin-ds=admin_ds.cli:main"]},
 )

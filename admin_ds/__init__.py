@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def load_model(path):
     """Load a DeepSpeed checkpoint directory (any ZeRO stage), an fp32 export or a plain export, in eval mode."""
-    from admin_ds.checkpoint import load_model as _load_model
+    from admin_ds.checkpoints.load import load_model as _load_model
 
     return _load_model(path)
 

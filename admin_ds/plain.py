@@ -10,9 +10,10 @@ This file imports only torch and safetensors: copy it anywhere.
     logits = model(src_tokens, tgt_tokens)          # [B, S], [B, T] right-padded LongTensors -> [B, T, V]
     ids = greedy(model, [17, 42, 5, 3])             # source ids ending with EOS -> output ids (no BOS/EOS)
 
-Export layout (design.md contract 4): config.json (d_model, nhead, dim_feedforward, num_encoder_layers,
-num_decoder_layers, layer_norm_eps, src_vocab_size, tgt_vocab_size, max_positions, embed_scale, pad_id,
-bos_id, eos_id, norm_first) and model.safetensors with ``src_embed.weight``, ``tgt_embed.weight`` [V, D],
+Export layout (docs/contracts.md, the plain export): config.json (format "admin-ds-plain", d_model, nhead,
+dim_feedforward, num_encoder_layers, num_decoder_layers, layer_norm_eps, src_vocab_size, tgt_vocab_size,
+max_positions, embed_scale, pad_id, bos_id, eos_id, norm_first, activation "relu") and model.safetensors
+with ``src_embed.weight``, ``tgt_embed.weight`` [V, D],
 ``src_pos``, ``tgt_pos`` [max_positions, D], ``encoder.layers.{i}.*`` / ``decoder.layers.{j}.*`` (the keys of
 torch.nn.TransformerEncoderLayer / TransformerDecoderLayer), ``output_proj.weight`` [V, D] (and
 ``output_proj.bias`` if present). With norm_first (a Pre-LN model) also ``encoder.norm.*`` and

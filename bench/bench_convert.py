@@ -5,7 +5,8 @@ then converts its checkpoint in fresh processes and reports each process's peak 
 (``getrusage(RUSAGE_SELF).ru_maxrss``) against the size of one fp32 copy of the weights. "net" subtracts
 the peak of a process that imports the same modules and converts nothing. Issue 7's bound: one fp32
 copy plus one shard, i.e. net / copy <= 1 + 1/world_size.
-For comparison it also measures DeepSpeed's own get_fp32_state_dict_from_zero_checkpoint + load_state_dict.
+For comparison it also measures DeepSpeed's own get_fp32_state_dict_from_zero_checkpoint + load_state_dict,
+and its lazy_mode with one tensor materialised and copied at a time.
 
     python bench/bench_convert.py                    # ZeRO-2, temporary folder (~5 GB of checkpoint)
     python bench/bench_convert.py --stage 3 --work /tmp/bc --keep
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,18 +30,28 @@ REPO = Path(__file__).resolve().parents[1]
 # Each measurement runs in a fresh interpreter: the peak RSS of a process only ever grows.
 PROBE = """
 import resource, sys, json, time
-import torch, deepspeed, admin_ds.convert
+import torch, deepspeed, admin_ds.checkpoints.convert
 mode, args = sys.argv[1], sys.argv[2:]
 start = time.perf_counter()
 if mode == "convert":
     from admin_ds.cli import main
     assert main(["convert", *args]) == 0
 elif mode == "deepspeed":
-    from admin_ds.engine import zero_fp32_state_dict
-    from admin_ds.checkpoint import model_config_from_file
+    from admin_ds.training.engine import zero_fp32_state_dict
+    from admin_ds.checkpoints.exports import model_config_from_file
     from admin_ds.model import TranslationModel
     model = TranslationModel(model_config_from_file(args[1]))
     model.load_state_dict(zero_fp32_state_dict(args[0]))
+elif mode == "deepspeed-lazy":
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from admin_ds.checkpoints.exports import model_config_from_file
+    from admin_ds.model import TranslationModel
+    model = TranslationModel(model_config_from_file(args[1]))
+    targets = model.state_dict(keep_vars=True)
+    state = get_fp32_state_dict_from_zero_checkpoint(args[0], lazy_mode=True)
+    with torch.no_grad():
+        for name in list(state):  # materialise one tensor at a time, as lazy mode intends
+            targets[name].copy_(state.pop(name).contiguous())
 print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "seconds": time.perf_counter() - start}))
 """
@@ -108,12 +120,15 @@ def main() -> None:
         on_disk = sum(f.stat().st_size for f in tag_dir.iterdir()) / 2 ** 20
         print(f"checkpoint {tag_dir.name}: {params / 1e6:.1f}M parameters, one fp32 copy {copy_mib:.0f} MiB, "
               f"{len(shards)} shards of {shard_mib:.0f} MiB fp32 weights, {on_disk:.0f} MiB on disk")
-        baseline = probe("baseline")["peak_kib"] / 1024
+        # The import-only peak moves by tens of MiB when other work runs: the median of three.
+        baseline = statistics.median(probe("baseline")["peak_kib"] for _ in range(3)) / 1024
         rows = [("imports only", {"peak_kib": baseline * 1024, "seconds": 0.0})]
         for label, argv in (("convert", ["convert", str(save), str(work / "out-fp32"), "--force"]),
                             ("convert --plain", ["convert", str(save), str(work / "out-plain"), "--plain", "--force"]),
                             ("deepspeed zero_to_fp32 + load_state_dict",
-                             ["deepspeed", str(save), str(save / "train_config.json")])):
+                             ["deepspeed", str(save), str(save / "train_config.json")]),
+                            ("deepspeed zero_to_fp32 lazy_mode + copy_",
+                             ["deepspeed-lazy", str(save), str(save / "train_config.json")])):
             rows.append((label, probe(*argv)))
         print(f"\n{'process':42s} {'peak RSS':>10s} {'net':>10s} {'net/copy':>9s} {'time':>7s}")
         for label, row in rows:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from admin_ds import engine as ds
 from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ class EngineLoop:
     def __init__(self, config_name: str):
         config = json.loads((REPO / "ds_configs" / config_name).read_text())
         config["optimizer"]["params"]["lr"] = 1e-4
-        self.engine = ds.initialize(new_model(), config)
+        self.engine = training_engine.initialize(new_model(), config)
 
     def step(self, src, tgt_in, tgt_out):
         loss_sum, _ = self.engine(src, tgt_in, target=tgt_out, label_smoothing=0.1)
@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    ds.init_distributed()
+    training_engine.init_distributed()
     torch.set_num_threads(2)
     batch = make_batch(8000)
     loops = {"plain": PlainLoop(), "zero0": EngineLoop("cpu_fp32.json"), "zero2": EngineLoop("cpu_zero2_fp32.json")}
@@ -86,7 +86,7 @@ def main() -> int:
         print(f"{name:6s} median {value:.3f} s/step (range {spread}), {tokens / value:,.0f} tokens/s")
     for name in ("zero0", "zero2"):
         print(f"speed ratio {name} / plain torch: {medians['plain'] / medians[name]:.3f}x")
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

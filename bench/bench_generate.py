@@ -18,7 +18,7 @@ import time
 import torch
 
 import admin_ds
-from admin_ds.generate import generate, make_batch
+from admin_ds.inference.beam import generate, make_batch
 
 
 def parse_args():

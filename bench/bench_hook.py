@@ -15,26 +15,26 @@ import time
 import torch
 import torch.distributed as dist
 
-from admin_ds import engine as ds
 from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    rank, world, device = ds.init_distributed()
+    rank, world, device = training_engine.init_distributed()
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
               "optimizer": {"type": "Adam", "params": {"lr": 1e-5, "torch_adam": True}}}
     torch.manual_seed(0)
     model = build_model("admin-60-12", d_model=128, nhead=4, ffn_dim=512, src_vocab_size=8000, tgt_vocab_size=8000)
-    engine = ds.initialize(model, config)
+    engine = training_engine.initialize(model, config)
     gen = torch.Generator().manual_seed(rank)
     src = torch.randint(4, 8000, (64, 32), generator=gen)
     tgt = torch.randint(4, 8000, (64, 33), generator=gen)
 
     def hook():
-        return ds.omega_hook(engine, src, tgt[:, :-1])
+        return training_engine.omega_hook(engine, src, tgt[:, :-1])
 
     def step():
         loss, _ = engine(src, tgt[:, :-1], target=tgt[:, 1:], label_smoothing=0.1)
@@ -62,7 +62,7 @@ def main() -> int:
         enc, dec = profile.encoder, profile.decoder
         print("ω encoder (every 10th sublayer):", [round(v, 2) for v in enc[::10]], "last", round(enc[-1], 3))
         print("ω decoder (every 6th sublayer): ", [round(v, 2) for v in dec[::6]], "last", round(dec[-1], 3))
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

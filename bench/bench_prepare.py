@@ -58,7 +58,8 @@ def main() -> int:
         print(f"skipped: Tatoeba de-en not found at {args.data} (the shared data folder beside the checkout)")
         return 0
 
-    lines = [line for prefix in SPLITS.values() for lang in LANGS for line in read_lines(args.data / f"{prefix}.{lang}")]
+    lines = [line for prefix in SPLITS.values() for lang in LANGS
+             for line in read_lines(args.data / f"{prefix}.{lang}")]
     print(f"corpus: {args.data}, {len(lines):,} sentences (train+dev+test, both sides), "
           f"workers={args.workers}, cpus={os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:

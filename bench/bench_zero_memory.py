@@ -15,8 +15,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from admin_ds import engine as ds
 from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
 
 
 def optimizer_bytes(engine) -> tuple[int, int]:
@@ -42,7 +42,7 @@ def optimizer_bytes(engine) -> tuple[int, int]:
 
 
 def main() -> int:
-    rank, world, _ = ds.init_distributed()
+    rank, world, _ = training_engine.init_distributed()
     results = []
     for precision in ("bf16", "fp32"):
         for stage in (0, 1, 2, 3):
@@ -53,7 +53,7 @@ def main() -> int:
             model = build_model("admin-6-6", d_model=256, nhead=4, ffn_dim=1024, src_vocab_size=8000,
                                 tgt_vocab_size=8000)
             params = sum(p.numel() for p in model.parameters())
-            engine = ds.initialize(model, config)
+            engine = training_engine.initialize(model, config)
             src = torch.randint(4, 8000, (8, 16))
             loss, _ = engine(src, src, target=src)
             engine.backward(loss)
@@ -75,7 +75,7 @@ def main() -> int:
                 print(f"  ZeRO-{row['stage']}: moments {worst[0] / 2**20:7.1f} MiB + fp32 masters "
                       f"{worst[1] / 2**20:7.1f} MiB per rank = {sum(worst) / base:.3f}x of ZeRO-0")
         print(json.dumps(results))
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

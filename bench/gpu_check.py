@@ -20,9 +20,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import training_flops  # noqa: E402
 
-from admin_ds import engine as ds  # noqa: E402
 from admin_ds.model import build_model  # noqa: E402
-from admin_ds.schedule import inverse_sqrt_schedule  # noqa: E402
+from admin_ds.training import engine as training_engine  # noqa: E402
+from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
 
 PEAK_FP16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -47,14 +47,14 @@ def run(arch: str, checkpoint_every: int, steps: int, batch: int, length: int, d
     torch.manual_seed(0)
     model = build_model(arch, src_vocab_size=32000, tgt_vocab_size=32000, checkpoint_every=checkpoint_every)
     params = sum(p.numel() for p in model.parameters())
-    engine = ds.initialize(model, config, None, inverse_sqrt_schedule(100, 7e-4, 1e-7))
+    engine = training_engine.initialize(model, config, None, inverse_sqrt_schedule(100, 7e-4, 1e-7))
     src, tgt_in, tgt_out = random_batch(batch, length, length, 32000, device)
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    profile = ds.omega_hook(engine, src, tgt_in)
+    profile = training_engine.omega_hook(engine, src, tgt_in)
     hook_s = time.perf_counter() - start
     times, losses, scales = [], [], []
-    for step in range(steps):
+    for _ in range(steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
@@ -65,7 +65,7 @@ def run(arch: str, checkpoint_every: int, steps: int, batch: int, length: int, d
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         losses.append(round(float(loss), 4))
-        scales.append(ds.loss_scale(engine))
+        scales.append(training_engine.loss_scale(engine))
     timed = sorted(times[3:])
     step_s = timed[len(timed) // 2]
     tokens = int(src.ne(0).sum() + tgt_out.ne(0).sum())
@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
-    _, _, device = ds.init_distributed()
+    _, _, device = training_engine.init_distributed()
     out = Path(args.out) / "gpu_check.jsonl"
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
     for arch, batch, length in (("admin-60-12", 64, 64), ("admin-60-12-big", 64, 64)):
@@ -102,7 +102,7 @@ def main() -> int:
             print(json.dumps(result), flush=True)
             with open(out, "a") as f:
                 f.write(json.dumps(result) + "\n")
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def launcher_env() -> dict[str, str]:
     env = dict(os.environ)
-    # Two ranks on two cores: one thread each, or they fight over the cores (deepspeed-notes.md).
+    # Two ranks on two cores: one thread each, or they fight over the cores (docs/deepspeed.md).
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env

@@ -1,13 +1,12 @@
-"""Admin's ω math and the profile file (admin.md)."""
+"""Admin's ω math and the profile file (docs/admin.md)."""
 
 import math
 
 import pytest
 import torch
 
-from admin_ds.admin import OmegaProfile, profile_omega
 from admin_ds.errors import UserError
-from admin_ds.model import build_model
+from admin_ds.model import OmegaProfile, build_model, profile_omega
 
 
 def tiny(**overrides):
@@ -22,19 +21,38 @@ def batch():
     return src, tgt
 
 
+def manual_stack_profile(x, sublayers):
+    """docs/admin.md's recurrence written out directly over (residual, branch) pairs, dropout off: ω_i = r,
+    r = sqrt(Var(ω_i x) + Var(f_i(x))), starting at r = 1. Returns (ω per sublayer, the stack's output)."""
+    r, omegas = 1.0, []
+    for residual, branch in sublayers:
+        omegas.append(r)
+        f = branch(x)
+        v_in, v_out = (r * x).var().item(), f.var().item()
+        x = residual.norm(r * x + f)
+        r = math.sqrt(v_in + v_out)
+    return omegas, x
+
+
 def manual_encoder_profile(model, src):
-    """admin.md's recurrence written out directly over the encoder's modules, dropout off."""
-    emb = model.src_embed(src)
     mask = src.eq(0)
-    x, r, omegas = emb, 1.0, []
-    for layer in model.encoder.layers:
-        for residual, branch in ((layer.self_attn_residual, lambda h: layer.self_attn(h, key_padding_mask=mask)),
-                                 (layer.ffn_residual, layer.ffn)):
-            omegas.append(r)
-            f = branch(x)
-            v_in, v_out = (r * x).var().item(), f.var().item()
-            x = residual.norm(r * x + f)
-            r = math.sqrt(v_in + v_out)
+    return manual_stack_profile(model.src_embed(src), [
+        pair for layer in model.encoder.layers
+        for pair in ((layer.self_attn_residual, lambda h, layer=layer: layer.self_attn(h, key_padding_mask=mask)),
+                     (layer.ffn_residual, layer.ffn))])
+
+
+def manual_decoder_profile(model, src, tgt):
+    """Self-attention (causal), cross-attention over the encoder output (computed with the profiled
+    encoder ω, as the profiling forward does), FFN per layer, with an accumulator of its own."""
+    mask = src.eq(0)
+    _, memory = manual_encoder_profile(model, src)
+    omegas, _ = manual_stack_profile(model.tgt_embed(tgt), [
+        pair for layer in model.decoder.layers
+        for pair in ((layer.self_attn_residual, lambda h, layer=layer: layer.self_attn(h, causal=True)),
+                     (layer.cross_attn_residual,
+                      lambda h, layer=layer: layer.cross_attn(h, memory, key_padding_mask=mask)),
+                     (layer.ffn_residual, layer.ffn))])
     return omegas
 
 
@@ -43,12 +61,15 @@ def test_profile_follows_the_recurrence():
     profile = profile_omega(model, src, tgt, dropout=False)
     model.eval()
     with torch.no_grad():
-        expected = manual_encoder_profile(model, src)
-    assert profile.encoder == pytest.approx(expected, rel=1e-5)
-    assert profile.encoder[0] == 1.0 and profile.decoder[0] == 1.0
+        expected_encoder, _ = manual_encoder_profile(model, src)
+        expected_decoder = manual_decoder_profile(model, src, tgt)
     assert len(profile.encoder) == 6 and len(profile.decoder) == 6
-    # ω grows with the variance the branches add.
-    assert all(b > a for a, b in zip(profile.encoder, profile.encoder[1:]))
+    assert profile.encoder == pytest.approx(expected_encoder, rel=1e-5)
+    assert profile.decoder == pytest.approx(expected_decoder, rel=1e-5)
+    assert profile.encoder[0] == 1.0 and profile.decoder[0] == 1.0
+    # ω grows with the variance the branches add, in both stacks.
+    for values in (profile.encoder, profile.decoder):
+        assert all(b > a for a, b in zip(values, values[1:]))
 
 
 def test_profiling_leaves_parameters_and_mode_alone():

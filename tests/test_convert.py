@@ -2,7 +2,6 @@
 plain Post-LN model on stock torch.nn layers; the standalone plain.py; zero_to_fp32 files; bad input."""
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -16,14 +15,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 import admin_ds
-from admin_ds.admin import OmegaProfile
-from admin_ds.checkpoint import load_checkpoint, write_export
+from admin_ds.checkpoints.exports import write_export
 from admin_ds.cli import main as cli_main
 from admin_ds.data import ParallelDataset
-from admin_ds.errors import UserError
-from admin_ds.generate import generate, make_batch
-from admin_ds.model import build_model
-from admin_ds.reparam import fold_shortcut_scales, to_plain
+from admin_ds.inference.beam import generate, make_batch
+from admin_ds.model import OmegaProfile, build_model
+from admin_ds.model.reparam import fold_shortcut_scales, to_plain
 
 from launch_util import REPO, run_torchrun
 
@@ -144,7 +141,7 @@ def test_fp32_export_equals_live_weights(runs, tmp_path, name):
 
 @pytest.mark.slow
 def test_same_weights_as_deepspeeds_own_consolidation(runs):
-    from admin_ds.engine import zero_fp32_state_dict
+    from admin_ds.training.engine import zero_fp32_state_dict
 
     for name in ("z1", "z2-offload", "z3-zero-init"):
         ours = admin_ds.load_model(runs / name).state_dict()
@@ -363,7 +360,7 @@ def test_load_model_of_exports_needs_no_deepspeed(tmp_path):
     model = randomised("admin", False)
     write_export(model, tmp_path / "fp32")
     settings, state = to_plain(model)
-    from admin_ds.checkpoint import write_model_dir
+    from admin_ds.checkpoints.exports import write_model_dir
 
     write_model_dir(tmp_path / "plain", settings, list(state.items()))
     script = textwrap.dedent(f"""
@@ -383,3 +380,19 @@ def test_load_model_of_exports_needs_no_deepspeed(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_convert_carries_the_tokenizer_or_says_it_cannot(tmp_path, caplog):
+    model = build_model("admin-tiny").eval()
+    write_export(model, tmp_path / "bare")  # no sentencepiece model anywhere near it
+    with caplog.at_level("WARNING", logger="admin_ds"):
+        assert convert_cli(tmp_path / "bare", tmp_path / "out") == 0
+    assert "no sentencepiece model found" in caplog.text and "--spm" in caplog.text
+    assert not (tmp_path / "out" / "spm.model").exists()
+    # With one beside the checkpoint, the export carries its own copy and says where it is.
+    (tmp_path / "bare" / "spm.model").write_bytes(b"not a real model, only bytes to copy")
+    caplog.clear()
+    assert convert_cli(tmp_path / "bare", tmp_path / "out2") == 0
+    assert "no sentencepiece model" not in caplog.text
+    assert (tmp_path / "out2" / "spm.model").read_bytes() == (tmp_path / "bare" / "spm.model").read_bytes()
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["spm_model"] == "spm.model"

@@ -104,3 +104,16 @@ def test_all_padding_gives_zero_loss_and_gradient():
     loss.backward()
     assert loss.item() == 0 and nll.item() == 0
     assert features.grad.abs().sum() == 0 and proj.weight.grad.abs().sum() == 0
+
+
+def test_double_backward_through_the_fused_loss_raises():
+    """Its backward only scales gradients computed in the forward, which are constants to autograd: a
+    second derivative through it would be silently wrong, so it must refuse."""
+    proj, features, target = inputs(torch.float32, bias=False)
+    loss, nll = label_smoothed_loss(features, proj, target, 0.1, PAD)
+    assert not nll.requires_grad  # nll_sum is for logging: no gradient
+    scale = torch.tensor(2.0, requires_grad=True)  # an upstream factor that is itself differentiated
+    (grad,) = torch.autograd.grad(loss * scale, features, create_graph=True)
+    # Without once_differentiable this "works": d/d(scale) comes out, d/d(features) is silently missing.
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

@@ -4,8 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from admin_ds.data import (BOS_ID, EOS_ID, PAD_ID, Batch, BatchIterator, ParallelDataset, PrepareConfig,
-                           TokenBatchSampler, collate, prepare, write_synthetic_corpus)
+from admin_ds.data import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    Batch,
+    BatchIterator,
+    ParallelDataset,
+    PrepareConfig,
+    TokenBatchSampler,
+    collate,
+    prepare,
+    write_synthetic_corpus,
+)
 from admin_ds.errors import UserError
 
 
@@ -89,7 +100,9 @@ def test_impossible_requests_raise_user_errors():
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches(world_size):
     src_sizes, tgt_sizes = random_sizes(n=600, seed=5)
-    make = lambda rank: TokenBatchSampler(src_sizes, tgt_sizes, 400, seed=9, rank=rank, world_size=world_size)
+    def make(rank):
+        return TokenBatchSampler(src_sizes, tgt_sizes, 400, seed=9, rank=rank, world_size=world_size)
+
     for rank in range(world_size):
         reference = make(rank)
         reference.set_epoch(2)

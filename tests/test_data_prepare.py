@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from admin_ds.cli.prepare import add_arguments, main
 from admin_ds.data import ParallelDataset, PrepareConfig, Tokenizer, load_meta, prepare, write_synthetic_corpus
-from admin_ds.data.prepare import add_arguments, main
 from admin_ds.errors import UserError
 
 SRC = ["Guten Morgen.", "Wie geht es dir?", "", "Ich bin müde.", "Das ist ein sehr langer Satz " * 8, "Danke!"]
@@ -47,8 +47,8 @@ def test_layout_meta_and_round_trip(small_corpus, tmp_path):
     out = tmp_path / "data"
     meta = prepare(config(small_corpus, out, max_positions=30))
     names = {p.name for p in out.iterdir()}
-    expected = {"meta.json", "spm.model"} | {f"{s}.{l}.{e}" for s in ("train", "valid", "test")
-                                             for l in ("de", "en") for e in ("bin", "idx")}
+    expected = {"meta.json", "spm.model"} | {f"{s}.{lang}.{e}" for s in ("train", "valid", "test")
+                                             for lang in ("de", "en") for e in ("bin", "idx")}
     assert names == expected
     assert json.loads((out / "meta.json").read_text()) == meta
     assert meta["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
@@ -63,7 +63,7 @@ def test_layout_meta_and_round_trip(small_corpus, tmp_path):
     assert not leftovers(tmp_path)
 
     info = load_meta(out)
-    assert (info.source_lang, info.target_lang, info.pad_id, info.eos_id) == ("de", "en", 0, 3)
+    assert (info.source_lang, info.target_lang, info.special_ids.pad, info.special_ids.eos) == ("de", "en", 0, 3)
     assert info.split_sizes == {"train": 15, "valid": 3, "test": 2}
     tokenizer = Tokenizer(info.src_spm_path)
     valid = ParallelDataset.load(out, "valid")
@@ -208,5 +208,6 @@ def test_synthetic_corpus_prepares_without_drops(tmp_path):
     meta = prepare(PrepareConfig(train_prefix=prefixes["train"], valid_prefix=prefixes["valid"],
                                  test_prefix=prefixes["test"], source_lang="src", target_lang="tgt",
                                  out_dir=tmp_path / "toy-data", vocab_size=500, progress=False))
-    assert {name: split["examples"] for name, split in meta["splits"].items()} == {"train": 300, "valid": 20, "test": 20}
+    examples = {name: split["examples"] for name, split in meta["splits"].items()}
+    assert examples == {"train": 300, "valid": 20, "test": 20}
     assert meta["dropped"] == {"empty": 0, "too_long": 0}

@@ -32,8 +32,8 @@ def test_prepare_full_tatoeba_round_trips_and_batches(tmp_path):
     german = (TATOEBA / "test.de").read_text(encoding="utf-8").splitlines()
     kept = [(de.strip(), en.strip()) for de, en in zip(german, english) if de.strip() and en.strip()]
     assert len(kept) == len(test)
-    exact = sum(tokenizer.decode(test[i][0].tolist()) == kept[i][0] and tokenizer.decode(test[i][1].tolist()) == kept[i][1]
-                for i in range(0, len(test), 7))
+    exact = sum(tokenizer.decode(test[i][0].tolist()) == kept[i][0]
+                and tokenizer.decode(test[i][1].tolist()) == kept[i][1] for i in range(0, len(test), 7))
     assert exact >= 0.99 * len(range(0, len(test), 7))
 
     # Two ranks share the training split evenly, every pair once, within the token bound.

@@ -1,7 +1,7 @@
 """SentencePiece training, the fixed special ids, and the text -> ids -> text round trip."""
 
-import sentencepiece as spm
 import pytest
+import sentencepiece as spm
 
 from admin_ds.data import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 from admin_ds.errors import UserError

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import sacrebleu
 
-from launch_util import REPO, launcher_env
+from launch_util import launcher_env
 
 
 @pytest.mark.slow
@@ -18,8 +19,13 @@ def test_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test BLEU" in proc.stdout and "[5/5] done" in proc.stdout
     scores = json.loads((workdir / "test_scores.json").read_text())
-    assert 0.0 <= scores["bleu"] <= 100.0 and "nrefs:1" in scores["signature"]
-    assert len((workdir / "test.hyp").read_text().splitlines()) == 20
+    hypotheses = (workdir / "test.hyp").read_text().splitlines()
+    references = (workdir / "text" / "test.tgt").read_text().splitlines()[:20]
+    assert len(hypotheses) == 20
+    # The reported scores are sacrebleu's on the written translations, and the summary says the same.
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score, abs=1e-9)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score, abs=1e-9)
+    assert f"test BLEU {scores['bleu']:.2f}" in proc.stdout and "nrefs:1" in scores["signature"]
     assert (workdir / "run" / "global_step30").is_dir() and (workdir / "run" / "omega.profile").is_file()
     assert (workdir / "plain" / "model.safetensors").is_file()
     config = json.loads((workdir / "plain" / "config.json").read_text())

@@ -104,3 +104,23 @@ def test_checkpoint_recomputation_replays_the_forward_masks(monkeypatch):
     # 2 + 2 layers: embeddings 2, encoder 2 x 2, decoder 2 x 3 residual dropouts.
     assert forward_draws == 12
     assert len(draws) == forward_draws, "the recomputation drew new masks"
+
+
+def test_a_replay_that_does_not_match_its_recording_raises():
+    """A recomputation that differs from its forward (another shape, more masks) must not silently draw
+    fresh masks: it would train on gradients of a different computation."""
+    from admin_ds.model.dropout import mask_tape_contexts
+
+    layer = Dropout(0.3).train()
+    record, replay = mask_tape_contexts()
+    with record:
+        layer(torch.ones(4, 8))
+    with replay, pytest.raises(RuntimeError, match="shape"):
+        layer(torch.ones(4, 9))
+    record, replay = mask_tape_contexts()
+    with record:
+        layer(torch.ones(4, 8))
+    with replay:
+        layer(torch.ones(4, 8))  # the one recorded mask
+        with pytest.raises(RuntimeError, match="more masks"):
+            layer(torch.ones(4, 8))

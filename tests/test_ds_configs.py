@@ -6,6 +6,7 @@ fractional min_loss_scale) is caught on the CPU.
 """
 
 import json
+import re
 
 import pytest
 from deepspeed.runtime.config import DeepSpeedConfig
@@ -34,8 +35,13 @@ def test_config_is_valid(path):
     if "bf16" in config:
         DeepSpeedBF16Config(**config["bf16"])
     DeepSpeedZeroConfig(**config.get("zero_optimization", {}))
-    stage = config["zero_optimization"]["stage"]
-    assert str(stage) in path.stem or path.stem == "cpu_fp32"
+    named = re.search(r"zero(\d)", path.stem)
+    assert config["zero_optimization"]["stage"] == (int(named.group(1)) if named else 0)
+    offloads = {key for key in ("offload_optimizer", "offload_param") if key in config["zero_optimization"]}
+    assert offloads == ({"offload_optimizer", "offload_param"} if "offload" in path.stem else set())
+    precision = "fp16" if config.get("fp16", {}).get("enabled") else "bf16" if config.get("bf16", {}).get(
+        "enabled") else "fp32"
+    assert path.stem.endswith(precision)
     if path.stem.startswith("cpu_"):
         assert config["optimizer"]["params"].get("torch_adam"), "CPU configs must not need a compiled Adam"
     else:

@@ -6,7 +6,7 @@ from torch import nn
 
 import admin_ds
 from admin_ds.errors import UserError
-from admin_ds.generate import generate, make_batch, max_lengths
+from admin_ds.inference.beam import generate, make_batch, max_lengths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from admin_ds.admin import profile_omega
+from admin_ds.model import profile_omega
+
 from launch_util import free_port, run_deepspeed
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "scripts"))

@@ -1,14 +1,14 @@
 """The learning-rate schedule (fairseq's inverse_sqrt) and the optimizer choice."""
 
-import argparse
 import math
 
 import pytest
 import torch
 
-from admin_ds.schedule import inverse_sqrt_factor, inverse_sqrt_schedule
-from admin_ds.train import build_optimizer, deepspeed_config
-from admin_ds.train_config import TrainConfig
+from admin_ds.training.config import TrainConfig
+from admin_ds.training.engine import read_ds_config
+from admin_ds.training.schedule import inverse_sqrt_factor, inverse_sqrt_schedule
+from admin_ds.training.setup import build_optimizer, deepspeed_config
 
 
 def test_inverse_sqrt_warmup_then_decay():
@@ -48,8 +48,8 @@ def test_optimizer_choice(name, kind):
 def test_deepspeed_config_gets_our_settings(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text('{"optimizer": {"type": "Adam", "params": {"lr": 1.0}}, "gradient_accumulation_steps": 4}')
-    args = argparse.Namespace(deepspeed_config=str(path))
-    config = deepspeed_config(args, TrainConfig(save_dir="x", max_steps=1, lr=2e-4, clip_norm=0.5).validate())
+    cfg = TrainConfig(save_dir="x", max_steps=1, lr=2e-4, clip_norm=0.5).validate()
+    config = deepspeed_config(read_ds_config(str(path)), cfg)
     assert config["optimizer"]["params"]["lr"] == 2e-4
     assert config["gradient_clipping"] == 0.5 and config["gradient_accumulation_steps"] == 4
     assert config["train_micro_batch_size_per_gpu"] == 1

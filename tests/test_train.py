@@ -2,13 +2,15 @@
 activation checkpointing, and the command-line entry points."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from launch_util import REPO, run_deepspeed, run_torchrun
+from admin_ds.checkpoints.zero import model_states_file
+from admin_ds.model import OmegaProfile
+
+from launch_util import REPO, run_torchrun
 
 CPU_CONFIGS = REPO / "ds_configs"
 
@@ -123,7 +125,6 @@ def test_gradient_accumulation_and_keep_last(training_runs):
 @pytest.mark.slow
 def test_runs_under_srun_environment(tmp_path, synthetic_data):
     """srun starts one process per task with SLURM_* set and no RANK: the trainer maps them itself."""
-    import os
     import subprocess
     import sys
 
@@ -135,8 +136,8 @@ def test_runs_under_srun_environment(tmp_path, synthetic_data):
         env = {k: v for k, v in launcher_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         env.update(SLURM_PROCID=str(task), SLURM_NTASKS="2", SLURM_LOCALID=str(task), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "admin_ds.train",
-                                       *train_argv(synthetic_data, tmp_path / "run", ds_config(tmp_path, 2, "fp32"), 2)],
+        argv = train_argv(synthetic_data, tmp_path / "run", ds_config(tmp_path, 2, "fp32"), 2)
+        procs.append(subprocess.Popen([sys.executable, "-m", "admin_ds.train", *argv],
                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-3000:]
@@ -168,9 +169,41 @@ def test_exact_resume(tmp_path_factory, synthetic_data, stage):
     assert not torch.equal(weights(first, "first")["src_embed.table.weight"], a["src_embed.table.weight"])
 
 
+@pytest.mark.slow
+def test_zero3_resume_reads_partitioned_omega_whole(tmp_path, synthetic_data):
+    """ω partitioned over two ranks (persistence threshold 0): the profile read after a resume, and the one
+    the checkpoint carries, equal the one before it; the old reader took the mean of a rank's shard."""
+    config = ds_config(tmp_path, 3, "fp32")
+    argv = train_argv(synthetic_data, tmp_path / "run", config, 3, "--save-interval", "3")
+    first = run_cases(tmp_path, [{"name": "first", "argv": argv}], "first")
+    again = run_cases(tmp_path, [{"name": "again", "argv": argv}], "again")  # resumes at 3, trains nothing
+    d_model = 32  # admin-tiny
+    for rank in (0, 1):
+        before = json.loads((first / f"first-rank{rank}.json").read_text())
+        after = json.loads((again / f"again-rank{rank}.json").read_text())
+        assert 0 < before["omega_local_numel"] < d_model  # each rank holds only its piece of ω
+        assert before["omega"][1] > 1.0  # profiled, not the initial 1
+        assert after["omega"] == before["omega"]
+    assert saved_omega(tmp_path / "run" / "global_step3") == before["omega"]
+    # A resumed run that trains on writes, at its next save, ω as the (partitioned) weights hold it then.
+    argv = train_argv(synthetic_data, tmp_path / "run", config, 5, "--save-interval", "5")
+    more = json.loads((run_cases(tmp_path, [{"name": "more", "argv": argv}], "more") / "more-rank0.json").read_text())
+    assert more["omega"] != before["omega"]  # trained on
+    assert saved_omega(tmp_path / "run" / "global_step5") == more["omega"]
+
+
+def saved_omega(tag_dir: Path) -> list[float]:
+    """The ω text a checkpoint's client_state carries, as one list (encoder then decoder)."""
+    states = torch.load(model_states_file(tag_dir), weights_only=False)
+    path = tag_dir.parent / f"{tag_dir.name}.profile"
+    path.write_text(states["omega"])
+    profile = OmegaProfile.read(path)
+    return profile.encoder + profile.decoder
+
+
 def test_activation_checkpointing_from_the_deepspeed_config():
     from admin_ds.model import preset_config
-    from admin_ds.train import checkpointing_from_config
+    from admin_ds.training.setup import checkpointing_from_config
 
     cfg = preset_config("admin-tiny")
     section = {"activation_checkpointing": {"partition_activations": False}}
@@ -178,4 +211,5 @@ def test_activation_checkpointing_from_the_deepspeed_config():
     assert checkpointing_from_config(cfg, section, 0).checkpoint_every == 0  # the flag wins
     assert checkpointing_from_config(cfg, {}, None).checkpoint_every == 0
     # A model that already checkpoints every 3 layers keeps its 3 when the section is present.
-    assert checkpointing_from_config(preset_config("admin-tiny", checkpoint_every=3), section, None).checkpoint_every == 3
+    every_three = preset_config("admin-tiny", checkpoint_every=3)
+    assert checkpointing_from_config(every_three, section, None).checkpoint_every == 3

@@ -13,11 +13,12 @@ import torch
 
 import admin_ds
 from admin_ds import cli
-from admin_ds.average import average_models
-from admin_ds.checkpoint import write_export
-from admin_ds.data import PrepareConfig, prepare
+from admin_ds.checkpoints.average import average_models
+from admin_ds.checkpoints.exports import write_export
+from admin_ds.checkpoints.rundir import find_spm
+from admin_ds.data import PrepareConfig, prepare, token_batches
 from admin_ds.errors import UserError
-from admin_ds.translate import find_spm, load_tokenizer, token_batches, translate_hypotheses, translate_lines
+from admin_ds.inference.translate import load_tokenizer, translate_hypotheses, translate_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,7 +171,9 @@ def test_evaluate_checkpoint_translates_then_scores(workdir, capsys):
     model, tok = admin_ds.load_model(workdir / "ckpt"), load_tokenizer(workdir / "spm.model")
     assert hyps == translate_lines(model, tok, src, beam=2)
     assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [ref]).score, abs=1e-9)
-    assert result["n_sentences"] == 12 and result["text_from"] == "files" and result["translate_seconds"] >= 0
+    assert result["n_sentences"] == 12 and result["text_from"] == "files"
+    assert result["translate_seconds"] > 0
+    assert result["sentences_per_second"] == pytest.approx(12 / result["translate_seconds"], rel=0.02)
 
 
 def make_data_dir(workdir, src, ref, raw):
@@ -262,5 +265,6 @@ def test_spm_lookup_beside_checkpoints(workdir, tmp_path, capsys):
     assert find_spm(run / "global_step5") == (data / "spm.model",) * 2
     code, _, err = run_cli(capsys, "average-checkpoints", "--save-dir", run, "--last", 1, "--output", tmp_path / "avg")
     assert code == 0, err
-    shutil.rmtree(run)  # the average remembers where its sentencepiece model is
-    assert find_spm(tmp_path / "avg") == ((data / "spm.model").resolve(),) * 2
+    shutil.rmtree(run)  # the average carries its own copy of the sentencepiece model, as convert's exports do
+    assert find_spm(tmp_path / "avg") == (tmp_path / "avg" / "spm.model",) * 2
+    assert (tmp_path / "avg" / "spm.model").read_bytes() == (data / "spm.model").read_bytes()

@@ -1,6 +1,6 @@
 """Data: SentencePiece tokenization, prepared (binarised) datasets, token-based batching, a toy corpus."""
 
-from admin_ds.data.batching import Batch, BatchIterator, TokenBatchSampler, collate
+from admin_ds.data.batching import Batch, BatchIterator, TokenBatchSampler, collate, token_batches
 from admin_ds.data.dataset import ParallelDataset
 from admin_ds.data.meta import DataInfo, load_meta
 from admin_ds.data.prepare import PrepareConfig, prepare
@@ -10,5 +10,5 @@ from admin_ds.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, t
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID",
     "Batch", "BatchIterator", "DataInfo", "ParallelDataset", "PrepareConfig", "TokenBatchSampler", "Tokenizer",
-    "collate", "load_meta", "prepare", "train_sentencepiece", "write_synthetic_corpus",
+    "collate", "load_meta", "token_batches", "prepare", "train_sentencepiece", "write_synthetic_corpus",
 ]

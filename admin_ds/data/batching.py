@@ -7,20 +7,21 @@ Batching follows fairseq's `--max-tokens`: a batch of B pairs whose longest padd
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 from admin_ds.data.dataset import ParallelDataset
-from admin_ds.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from admin_ds.errors import UserError
+from admin_ds.vocab import SPECIAL_IDS, SpecialIds
 
 
 @dataclass
 class Batch:
-    """A padded batch; every tensor is right-padded with PAD_ID.
+    """A padded batch; every tensor is right-padded with the pad id.
 
     Shape legend: N batch, S source time, T target time.
         src_tokens: [N, S] source ids + EOS
@@ -39,34 +40,45 @@ class Batch:
     def __len__(self) -> int:
         return self.ids.numel()
 
-    def to(self, device, non_blocking: bool = False) -> "Batch":
+    def to(self, device, non_blocking: bool = False) -> Batch:
         """The same batch with its tensors on `device`."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return dataclasses.replace(self, src_tokens=move(self.src_tokens), tgt_input=move(self.tgt_input),
                                    tgt_output=move(self.tgt_output), ids=move(self.ids))
 
 
-def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int]) -> Batch:
-    """Pad raw (src_ids, tgt_ids) pairs into a Batch, adding EOS to the source and BOS/EOS to the target."""
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int],
+            special: SpecialIds = SPECIAL_IDS, vocab_sizes: Optional[tuple[int, int]] = None) -> Batch:
+    """Pad raw (src_ids, tgt_ids) pairs into a Batch, adding EOS to the source and BOS/EOS to the target.
+
+    With ``vocab_sizes`` (source, target), ids outside the vocabularies are a UserError here, on the host,
+    where data enters training: the model's forward no longer checks values (that cost host syncs).
+    """
     if not examples:
         raise ValueError("cannot collate an empty batch")
     src_ids, tgt_ids = zip(*examples)
-    src_tokens, _ = _pad_right(src_ids, lead=None, tail=EOS_ID)  # [N, S]
-    tgt_input, tgt_lengths = _pad_right(tgt_ids, lead=BOS_ID, tail=None)  # [N, T]
-    tgt_output, _ = _pad_right(tgt_ids, lead=None, tail=EOS_ID)  # [N, T]
+    src_tokens, _ = _pad_right(src_ids, None, special.eos, special.pad)  # [N, S]
+    tgt_input, tgt_lengths = _pad_right(tgt_ids, special.bos, None, special.pad)  # [N, T]
+    tgt_output, _ = _pad_right(tgt_ids, None, special.eos, special.pad)  # [N, T]
+    if vocab_sizes is not None:
+        for side, rows, size in (("source", src_tokens, vocab_sizes[0]), ("target", tgt_output, vocab_sizes[1])):
+            if rows.size and int(rows.max()) >= size:
+                raise UserError(f"a {side} sentence holds id {int(rows.max())}, outside the vocabulary of "
+                                f"{size}: the dataset and the model do not belong together")
     ntokens = int(tgt_lengths.sum()) + len(examples)  # every target row also predicts EOS
     return Batch(torch.from_numpy(src_tokens), torch.from_numpy(tgt_input), torch.from_numpy(tgt_output),
                  ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)))
 
 
-def _pad_right(sequences: Sequence[np.ndarray], lead: int | None, tail: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of `lead` + sequence + `tail` (each optional), right-padded with PAD_ID into [N, 1 + max_len].
+def _pad_right(sequences: Sequence[np.ndarray], lead: Optional[int], tail: Optional[int],
+               pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `lead` + sequence + `tail` (each optional), right-padded with `pad` into [N, 1 + max_len].
 
     Vectorised (one scatter instead of a Python loop over rows): a batch can hold hundreds of short pairs.
     Returns the padded int64 array and the sequence lengths [N].
     """
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    rows = np.full((len(sequences), int(lengths.max()) + 1), PAD_ID, dtype=np.int64)
+    rows = np.full((len(sequences), int(lengths.max()) + 1), pad, dtype=np.int64)
     shift = 0 if lead is None else 1
     if lead is not None:
         rows[:, 0] = lead
@@ -78,6 +90,31 @@ def _pad_right(sequences: Sequence[np.ndarray], lead: int | None, tail: int | No
     if tail is not None:
         rows[np.arange(len(sequences)), lengths] = tail
     return rows, lengths
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``max_tokens`` padded tokens, longest sentences first
+    (decoding: the longest batch runs first, so running out of memory shows at once).
+
+    A sentence longer than ``max_tokens`` gets a batch of its own.
+    """
+    sizes = np.asarray(lengths, dtype=np.int64)
+    order = np.lexsort((np.arange(len(sizes)), -sizes))  # longest first, ties in input order
+    return [batch.tolist() for batch in cut_greedily(order, sizes[order], max_tokens)]
+
+
+def cut_greedily(order: np.ndarray, sorted_sizes: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Cut ``order`` (sorted by padded size, either way) into the fewest consecutive batches whose
+    rows times their longest row stay within ``max_tokens``; a row longer than that stands alone."""
+    cuts, start = [], 0
+    sizes = sorted_sizes.tolist()
+    for pos, size in enumerate(sizes):
+        # Sizes are monotonic along `order`, so the longest row is the batch's first or its newest.
+        width = max(sizes[start], size)
+        if pos > start and (pos - start + 1) * width > max_tokens:
+            cuts.append(pos)
+            start = pos
+    return [batch for batch in np.split(order, cuts) if batch.size]
 
 
 class TokenBatchSampler:
@@ -129,7 +166,8 @@ class TokenBatchSampler:
                             f"--max-positions {max_tokens}")
         if len(src_sizes) < world_size:
             raise UserError(f"{len(src_sizes)} pairs cannot give each of {world_size} ranks a batch")
-        self.max_tokens, self.seed, self.rank, self.world_size, self.shuffle = max_tokens, seed, rank, world_size, shuffle
+        self.max_tokens, self.seed, self.shuffle = max_tokens, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch = 1
         self.position = 0
         self._cached_epoch, self._cached_batches = None, None
@@ -183,22 +221,11 @@ class TokenBatchSampler:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         # lexsort is stable and sorts by its last key first: padded size, then source, then target length.
         order = order[np.lexsort((self.tgt_sizes[order], self.src_sizes[order], self.num_tokens[order]))]
-        batches = _cut_greedily(order, self.num_tokens[order], self.max_tokens)
+        batches = cut_greedily(order, self.num_tokens[order], self.max_tokens)
         batches = _split_to_multiple(batches, self.world_size, n)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
-
-
-def _cut_greedily(order: np.ndarray, sorted_tokens: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Cut `order` (sorted by padded size) into the fewest consecutive batches under `max_tokens`."""
-    cuts, start = [], 0
-    for pos, size in enumerate(sorted_tokens.tolist()):
-        # Sizes never decrease along `order`, so the newest pair sets the batch's padded length.
-        if (pos - start + 1) * size > max_tokens:
-            cuts.append(pos)
-            start = pos
-    return np.split(order, cuts)
 
 
 def _split_to_multiple(batches: list[np.ndarray], world_size: int, num_examples: int) -> list[np.ndarray]:
@@ -228,7 +255,7 @@ class BatchIterator:
 
     @classmethod
     def build(cls, dataset: ParallelDataset, max_tokens: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-              shuffle: bool = True) -> "BatchIterator":
+              shuffle: bool = True) -> BatchIterator:
         sampler = TokenBatchSampler(dataset.src_sizes, dataset.tgt_sizes, max_tokens, seed=seed, rank=rank,
                                     world_size=world_size, shuffle=shuffle)
         return cls(dataset, sampler)
@@ -245,7 +272,7 @@ class BatchIterator:
 
     def __iter__(self) -> Iterator[Batch]:
         for ids in self.sampler:
-            yield collate([self.dataset[i] for i in ids], ids)
+            yield collate([self.dataset[i] for i in ids], ids, self.dataset.special_ids, self.dataset.vocab_sizes)
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()

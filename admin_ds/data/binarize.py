@@ -8,9 +8,9 @@ A side of a split is stored as two flat arrays (see `admin_ds.data.meta` for the
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from admin_ds.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from admin_ds.errors import UserError
+from admin_ds.vocab import SPECIAL_IDS, SpecialIds
 
 META_FILE = "meta.json"
 FORMAT_NAME = "admin-ds-binarized"
@@ -71,7 +71,7 @@ def smallest_dtype(vocab_size: int) -> np.dtype:
 class DataInfo:
     """What the rest of the package needs to know about a prepared dataset."""
 
-    data_dir: Path
+    data_dir: Path  # absolute
     source_lang: str
     target_lang: str
     src_vocab_size: int
@@ -82,15 +82,12 @@ class DataInfo:
     dtype: np.dtype
     max_positions: int
     split_sizes: dict[str, int]  # split name -> number of kept examples
-    pad_id: int = PAD_ID
-    unk_id: int = UNK_ID
-    bos_id: int = BOS_ID
-    eos_id: int = EOS_ID
+    special_ids: SpecialIds = SPECIAL_IDS
 
 
 def load_meta(data_dir: str | Path) -> DataInfo:
     """Read and check `DIR/meta.json`; a UserError says what is wrong when DIR is not a prepared dataset."""
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} does not exist; create it with `admin-ds prepare --out {data_dir}`")
     meta_path = data_dir / META_FILE
@@ -100,9 +97,9 @@ def load_meta(data_dir: str | Path) -> DataInfo:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-        special = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
-        if meta["special_ids"] != special:
-            raise ValueError(f"special ids {meta['special_ids']} differ from admin-ds's {special}")
+        special = SpecialIds.from_dict(meta["special_ids"], str(meta_path))
+        if special != SPECIAL_IDS:
+            raise ValueError(f"special ids {special.to_dict()} differ from admin-ds's {SPECIAL_IDS.to_dict()}")
         info = DataInfo(
             data_dir=data_dir,
             source_lang=meta["source_lang"],
@@ -115,6 +112,7 @@ def load_meta(data_dir: str | Path) -> DataInfo:
             dtype=np.dtype(meta["dtype"]),
             max_positions=int(meta["max_positions"]),
             split_sizes={name: int(split["examples"]) for name, split in meta["splits"].items()},
+            special_ids=special,
         )
     except KeyError as error:
         raise UserError(f"{meta_path} is not a valid admin-ds dataset description (missing key {error})") from None

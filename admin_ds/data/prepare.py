@@ -1,4 +1,4 @@
-"""`admin-ds prepare`: parallel text in, a prepared dataset directory out.
+"""Preparing a corpus (`admin-ds prepare`): parallel text in, a prepared dataset directory out.
 
 Steps: check every input (files exist, UTF-8, equal line counts) before writing anything; train a
 SentencePiece model on the training split (joint by default) or reuse a given one; encode every split in
@@ -11,13 +11,11 @@ the new one is complete. The layout of the result is documented in `admin_ds.dat
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,8 +24,11 @@ from tqdm import tqdm
 from admin_ds.data import meta as layout
 from admin_ds.data.binarize import encode_lines, filter_pairs, write_indexed
 from admin_ds.data.textio import check_exists, parallel_paths, read_parallel
-from admin_ds.data.tokenizer import BOS_ID, EOS_ID, MODEL_TYPES, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+from admin_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_sentencepiece
 from admin_ds.errors import UserError
+from admin_ds.io import atomic_directory
+from admin_ds.options import option
+from admin_ds.vocab import SPECIAL_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +37,23 @@ logger = logging.getLogger(__name__)
 class PrepareConfig:
     """Settings of `prepare`; checked on construction, so a bad value fails before any work is done."""
 
-    train_prefix: Path  # files PREFIX.SRC and PREFIX.TGT
-    valid_prefix: Path
-    source_lang: str
-    target_lang: str
-    out_dir: Path
-    test_prefix: Optional[Path] = None
-    vocab_size: int = 8000  # a soft limit: small corpora give a smaller vocabulary
-    model_type: str = "bpe"
-    separate_vocab: bool = False  # one SentencePiece model per language instead of a joint one
-    spm_model: Optional[Path] = None  # reuse this model (the source's when separate_vocab)
-    spm_model_tgt: Optional[Path] = None  # with separate_vocab and spm_model: the target's model
-    max_positions: int = 1024  # pairs with a side needing more positions (ids + EOS/BOS) are dropped
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # encoding/training threads
-    force: bool = False  # replace an existing output directory
-    character_coverage: float = 1.0
+    train_prefix: Path = option(help="training files PREFIX.SRC and PREFIX.TGT")
+    valid_prefix: Path = option(help="validation files PREFIX.SRC and PREFIX.TGT")
+    source_lang: str = option(help="source language code, the files' suffix (e.g. de)")
+    target_lang: str = option(help="target language code, the files' suffix (e.g. en)")
+    out_dir: Path = option(help="output directory (must not exist unless --force)", flags=("--out",))
+    test_prefix: Optional[Path] = option(None, help="optional test files PREFIX.SRC and PREFIX.TGT")
+    vocab_size: int = option(8000, help="sentencepiece vocabulary size (a soft limit: small corpora give fewer)")
+    model_type: str = option("bpe", help="sentencepiece model type", choices=MODEL_TYPES)
+    separate_vocab: bool = option(False, help="one sentencepiece model per language instead of a joint one")
+    spm_model: Optional[Path] = option(None, help="reuse this sentencepiece .model (the source's with "
+                                                  "--separate-vocab) instead of training one")
+    spm_model_tgt: Optional[Path] = option(None, help="with --separate-vocab and --spm-model: the target's model")
+    max_positions: int = option(1024, help="drop pairs with a side longer than this many tokens, EOS/BOS included")
+    workers: int = option(help="encoding and training threads", default_factory=lambda: os.cpu_count() or 1)
+    force: bool = option(False, help="replace an existing output directory")
+    character_coverage: float = option(1.0, help="sentencepiece character coverage (lower for languages "
+                                                 "with huge alphabets)")
     progress: bool = True  # show a tqdm bar on stderr
 
     def __post_init__(self):
@@ -87,44 +90,6 @@ class PrepareConfig:
         return prefixes
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `prepare` flags to `parser`."""
-    parser.add_argument("--train-prefix", required=True, help="training files PREFIX.SRC and PREFIX.TGT")
-    parser.add_argument("--valid-prefix", required=True, help="validation files PREFIX.SRC and PREFIX.TGT")
-    parser.add_argument("--test-prefix", default=None, help="optional test files PREFIX.SRC and PREFIX.TGT")
-    parser.add_argument("--source-lang", required=True, help="source language code, the files' suffix (e.g. de)")
-    parser.add_argument("--target-lang", required=True, help="target language code, the files' suffix (e.g. en)")
-    parser.add_argument("--out", required=True, help="output directory (must not exist unless --force)")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="sentencepiece vocabulary size (soft limit)")
-    parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="sentencepiece model type")
-    parser.add_argument("--separate-vocab", action="store_true", help="one sentencepiece model per language")
-    parser.add_argument("--spm-model", default=None, help="reuse this sentencepiece .model instead of training")
-    parser.add_argument("--spm-model-tgt", default=None, help="with --separate-vocab: the target language's model")
-    parser.add_argument("--max-positions", type=int, default=1024,
-                        help="drop pairs with a side longer than this many tokens, EOS/BOS included")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding threads")
-    parser.add_argument("--character-coverage", type=float, default=1.0,
-                        help="sentencepiece character coverage (lower for languages with huge alphabets)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
-
-
-def config_from_args(args: argparse.Namespace) -> PrepareConfig:
-    return PrepareConfig(
-        train_prefix=args.train_prefix, valid_prefix=args.valid_prefix, test_prefix=args.test_prefix,
-        source_lang=args.source_lang, target_lang=args.target_lang, out_dir=args.out,
-        vocab_size=args.vocab_size, model_type=args.model_type, separate_vocab=args.separate_vocab,
-        spm_model=args.spm_model, spm_model_tgt=args.spm_model_tgt, max_positions=args.max_positions,
-        workers=args.workers, character_coverage=args.character_coverage, force=args.force,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run `prepare` from parsed flags and print a summary; user mistakes raise UserError."""
-    meta = prepare(config_from_args(args))
-    print(summary(meta, args.out))
-    return 0
-
-
 def summary(meta: dict, out_dir) -> str:
     """A short human report: examples per split and dropped pairs per reason."""
     lines = [f"prepared {out_dir}: {meta['source_lang']}->{meta['target_lang']}, "
@@ -154,16 +119,8 @@ def prepare(config: PrepareConfig) -> dict:
     if not any(src and tgt for src, tgt in zip(*texts["train"])):
         raise UserError(f"the training split {config.train_prefix} has no pair with text on both sides")
 
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp_dir.mkdir(parents=True)
-    except OSError as error:
-        raise UserError(f"cannot write next to --out {out_dir}: {error.strerror}") from None
-    try:
+    with atomic_directory(out_dir, force=True) as tmp_dir:  # _check_output applied --force's rules
         meta = _build(config, texts, tmp_dir)
-        _move_into_place(tmp_dir, out_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     logger.info("%s", summary(meta, out_dir))
     return meta
 
@@ -228,7 +185,7 @@ def _build(config: PrepareConfig, texts: dict, tmp_dir: Path) -> dict:
         "joint_vocab": not config.separate_vocab,
         "spm_model": spm_names,
         "vocab_size": {"src": src_tok.vocab_size, "tgt": tgt_tok.vocab_size},
-        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "special_ids": SPECIAL_IDS.to_dict(),
         "dtype": dtype.name, "max_positions": config.max_positions,
         "splits": splits,
         "dropped": {reason: sum(s["dropped"][reason] for s in splits.values()) for reason in layout.DROP_REASONS},
@@ -237,18 +194,3 @@ def _build(config: PrepareConfig, texts: dict, tmp_dir: Path) -> dict:
     }
     (tmp_dir / layout.META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished `tmp_dir` to `out_dir`; an old `out_dir` (only with --force) goes last."""
-    if not out_dir.exists():
-        os.rename(tmp_dir, out_dir)
-        return
-    old_dir = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out_dir, old_dir)
-    try:
-        os.rename(tmp_dir, out_dir)
-    except OSError:
-        os.rename(old_dir, out_dir)  # put the old output back rather than leave nothing
-        raise
-    shutil.rmtree(old_dir, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Reading parallel text: one sentence a line, UTF-8, line N of one side translating line N of the other.
 
-Files are read as bytes and decoded here, not by `open(..., encoding=...)`, so that invalid UTF-8 can be
-reported with the file and the line number a user needs to fix it.
+Files are read as bytes and decoded by `admin_ds.io.decode_lines`, not by `open(..., encoding=...)`, so that
+invalid UTF-8 can be reported with the file and the line number a user needs to fix it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from admin_ds.errors import UserError
-
-_BOM = "\ufeff"
+from admin_ds.io import decode_lines
 
 
 def parallel_paths(prefix: str | Path, source_lang: str, target_lang: str) -> tuple[Path, Path]:
@@ -31,19 +30,7 @@ def read_lines(path: Path) -> list[str]:
     A final newline does not make an extra empty line; empty lines inside the file are kept (as "") so
     that line numbers stay aligned with the other side.
     """
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise UserError(f"{path}: invalid UTF-8 on line {line} (byte {error.start}: {error.reason})") from None
-    if text.startswith(_BOM):
-        text = text[len(_BOM) :]
-    # str.splitlines() would also split on \x0b, \x1c, \u2028, ..., which may occur inside a sentence.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
+    return decode_lines(path.read_bytes(), str(path), strip=True)
 
 
 def read_parallel(prefix: str | Path, source_lang: str, target_lang: str, flag: str) -> tuple[list[str], list[str]]:

@@ -1,26 +1,23 @@
 """SentencePiece training and a thin tokenizer wrapper with the package's fixed special ids.
 
-Every model this package trains or accepts uses the same four special ids, so that models, datasets and
-decoders never have to ask a tokenizer which id means padding:
-
-    PAD_ID = 0, UNK_ID = 1, BOS_ID = 2, EOS_ID = 3
+Every model this package trains or accepts uses the special ids of ``admin_ds.vocab`` (pad 0, unk 1, bos 2,
+eos 3), so that models, datasets and decoders never have to ask a tokenizer which id means padding.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
 from admin_ds.errors import UserError
+from admin_ds.vocab import SPECIAL_IDS
 
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
+# Re-exported names for the ids that admin_ds.vocab owns.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = SPECIAL_IDS.pad, SPECIAL_IDS.unk, SPECIAL_IDS.bos, SPECIAL_IDS.eos
 
 MODEL_TYPES = ("bpe", "unigram")
 
@@ -67,10 +64,10 @@ def train_sentencepiece(
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
+            pad_id=SPECIAL_IDS.pad,
+            unk_id=SPECIAL_IDS.unk,
+            bos_id=SPECIAL_IDS.bos,
+            eos_id=SPECIAL_IDS.eos,
             # Small corpora (tests, the demo) cannot fill a large vocabulary; shrink instead of failing.
             hard_vocab_limit=False,
             input_sentence_size=input_sentence_size,
@@ -100,11 +97,12 @@ class Tokenizer:
         except (RuntimeError, OSError) as error:
             raise UserError(f"cannot load sentencepiece model {self.model_path}: {_spm_message(error)}") from None
         found = {"pad": self._sp.pad_id(), "unk": self._sp.unk_id(), "bos": self._sp.bos_id(), "eos": self._sp.eos_id()}
-        wanted = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+        wanted = SPECIAL_IDS.to_dict()
         if found != wanted:
             raise UserError(
                 f"sentencepiece model {self.model_path} has special ids {found}, but admin-ds needs {wanted}; "
-                "train it with pad_id=0 unk_id=1 bos_id=2 eos_id=3 (or let `admin-ds prepare` train one)"
+                "train it with " + " ".join(f"{k}_id={v}" for k, v in wanted.items())
+                + " (or let `admin-ds prepare` train one)"
             )
 
     @property

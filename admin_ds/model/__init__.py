@@ -1,7 +1,9 @@
-"""Pure-PyTorch model code: nothing here imports DeepSpeed."""
+"""Pure-PyTorch model code: the Transformer, its residual schemes, Admin's ω statistics and profile file, and
+the reparameterisation into a plain Post-LN model. Nothing here imports DeepSpeed or torch.distributed."""
 
 from admin_ds.model.cache import AttentionCache, DecoderCache
 from admin_ds.model.config import PRESETS, RESIDUAL_SCHEMES, ModelConfig, preset_config
+from admin_ds.model.omega import OmegaProfile, profile_omega
 from admin_ds.model.transformer import EncoderOut, TranslationModel
 
 
@@ -10,5 +12,5 @@ def build_model(arch: str = "admin-tiny", **overrides) -> TranslationModel:
     return TranslationModel(preset_config(arch, **overrides))
 
 
-__all__ = ["AttentionCache", "DecoderCache", "EncoderOut", "ModelConfig", "PRESETS", "RESIDUAL_SCHEMES",
-           "TranslationModel", "build_model", "preset_config"]
+__all__ = ["AttentionCache", "DecoderCache", "EncoderOut", "ModelConfig", "OmegaProfile", "PRESETS",
+           "RESIDUAL_SCHEMES", "TranslationModel", "build_model", "preset_config", "profile_omega"]

@@ -22,7 +22,7 @@ class MultiheadAttention(nn.Module):
 
     Self-attention projects queries, keys and values with one packed ``qkv_proj`` [3D, D] (one matmul);
     cross-attention has ``q_proj`` for the decoder stream and a packed ``kv_proj`` [2D, D] for the encoder
-    output. Admin's reparameterisation scales these input projections column-wise (convert.py).
+    output. Admin's reparameterisation scales these input projections column-wise (reparam.py).
 
     Args:
         d_model: feature size D.

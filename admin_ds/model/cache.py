@@ -39,11 +39,11 @@ class DecoderCache:
     steps: int = 0
 
     @classmethod
-    def empty(cls, num_layers: int, memory_padding_mask: Optional[torch.Tensor] = None) -> "DecoderCache":
+    def empty(cls, num_layers: int, memory_padding_mask: Optional[torch.Tensor] = None) -> DecoderCache:
         return cls([AttentionCache() for _ in range(num_layers)], [AttentionCache() for _ in range(num_layers)],
                    memory_padding_mask)
 
-    def reorder(self, new_order: torch.Tensor) -> "DecoderCache":
+    def reorder(self, new_order: torch.Tensor) -> DecoderCache:
         for entry in self.self_attn + self.cross_attn:
             entry.reorder(new_order)
         if self.memory_padding_mask is not None:

@@ -1,15 +1,18 @@
 """Model configuration: one dataclass, named presets, and validation at the edge.
 
-Every field can be overridden from the command line (``--encoder-layers`` -> ``encoder_layers``) or from
-``build_model(arch, **overrides)``. Unknown keys are errors, never silently dropped.
+The shape fields can be overridden from the command line (``--encoder-layers`` -> ``encoder_layers``; the
+flags are built from the fields made with ``option``) and every field from ``build_model(arch, **overrides)``.
+Unknown keys are errors, never silently dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from admin_ds.errors import UserError
+from admin_ds.options import option
+from admin_ds.vocab import SPECIAL_IDS
 
 RESIDUAL_SCHEMES = ("admin", "post-ln", "pre-ln", "deepnorm")
 
@@ -18,29 +21,32 @@ RESIDUAL_SCHEMES = ("admin", "post-ln", "pre-ln", "deepnorm")
 class ModelConfig:
     """Shape and options of an encoder-decoder Transformer for translation."""
 
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    d_model: int = 512
-    nhead: int = 8
-    ffn_dim: int = 2048
-    residual: str = "admin"
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
+    encoder_layers: int = option(6, help="number of encoder layers N")
+    decoder_layers: int = option(6, help="number of decoder layers M")
+    d_model: int = option(512, help="model width D")
+    nhead: int = option(8, help="attention heads (must divide D)")
+    ffn_dim: int = option(2048, help="feed-forward inner width")
+    residual: str = option("admin", help="residual scheme", choices=RESIDUAL_SCHEMES)
+    dropout: float = option(0.1, help="dropout on embeddings and residual branches")
+    attention_dropout: float = option(0.0, help="dropout on attention probabilities")
+    activation_dropout: float = option(0.0, help="dropout after the FFN's ReLU")
     src_vocab_size: int = 32000
     tgt_vocab_size: int = 32000
     # The paper's 60L-12L recipe shares one table for source, target and output (joint vocabulary).
     share_all_embeddings: bool = True
     share_decoder_input_output_embed: bool = True
-    max_positions: int = 1024
+    max_positions: int = option(1024, help="longest sequence the position table covers",
+                                unset="the prepared data's longest pair + 2")
     layer_norm_eps: float = 1e-5
-    pad_id: int = 0
-    bos_id: int = 2
-    eos_id: int = 3
+    pad_id: int = SPECIAL_IDS.pad
+    bos_id: int = SPECIAL_IDS.bos
+    eos_id: int = SPECIAL_IDS.eos
     # Activation checkpointing: recompute each run of this many layers in backward (0 = off).
-    checkpoint_every: int = 0
+    checkpoint_every: int = option(0, help="recompute every run of K layers in backward (activation "
+                                           "checkpointing; 0 = off)", flags=("--checkpoint-activations",),
+                                   metavar="K")
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Check that the numbers fit together; raise UserError naming the first problem."""
         for name in ("encoder_layers", "decoder_layers", "d_model", "nhead", "ffn_dim", "src_vocab_size",
                      "tgt_vocab_size", "max_positions"):
@@ -71,7 +77,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "ModelConfig":
+    def from_dict(cls, values: dict, source: str = "config") -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Elements of one chunk's [tokens, V] fp32 logits. CPU: 4M = 16 MiB (524 tokens of an 8k vocabulary),
 # which sets the peak of a checkpointed step. Accelerators: 64M = 256 MiB (2048 tokens of a 32k
@@ -76,6 +77,7 @@ class _FusedLoss(torch.autograd.Function):
         return loss_sum, nll_sum
 
     @staticmethod
+    @once_differentiable  # the saved gradients are constants: a second derivative through them would be wrong
     def backward(ctx, grad_loss, _grad_nll):
         grads = [None if g is None else (g * grad_loss.float()).to(dtype)
                  for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
@@ -92,7 +94,9 @@ def label_smoothed_loss(features: torch.Tensor, output_proj: torch.nn.Linear, ta
         output_proj: the projection to the vocabulary (weight [V, D], optional bias [V]).
         target: [B, T] ids, ``pad_id`` where there is nothing to predict.
         chunk_tokens: tokens per chunk; default: as many as fit the device's logits budget (see above).
-    Returns: (loss_sum, nll_sum), fp32 scalars; only loss_sum is differentiable.
+    Returns: (loss_sum, nll_sum), fp32 scalars. Only loss_sum carries a gradient; nll_sum is for logging
+        and is marked non-differentiable. The training backward is once-differentiable: a double backward
+        through it raises.
     """
     flat_features = features.reshape(-1, features.size(-1))  # [B*T, D]
     flat_target = target.reshape(-1)  # [B*T]

@@ -15,8 +15,9 @@ replays the forward's masks instead of drawing them again (``mask_tape_contexts`
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +63,23 @@ def mask_tape_contexts():
     """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: the recomputation reuses the forward's
     dropout masks instead of drawing them again (the random draws are most of a CPU dropout's cost, and
     the boolean masks are a quarter of the activation they replace). Each entry also keeps the CPU
-    generator's state after its draw (5 KB). Falling back to drawing is exact too: checkpointing restores
-    the RNG state before recomputing."""
+    generator's state after its draw (5 KB). A replay that does not match the recording raises."""
     masks: list = []
     return _set_tape(masks, None), _set_tape(None, iter(masks))
+
+
+def _replayed(x: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """The next recorded (mask, scale, RNG state) of the recomputed segment, checked against ``x``.
+
+    A recomputation that asks for more masks than the forward drew, or for a mask of another shape, is
+    not the same computation: raise instead of drawing fresh masks silently."""
+    recorded = next(_tape.replay, None)
+    if recorded is None:
+        raise RuntimeError("dropout mask replay: the recomputation asked for more masks than its forward drew")
+    if recorded[0].shape != x.shape:
+        raise RuntimeError(f"dropout mask replay: recorded a mask of shape {tuple(recorded[0].shape)}, the "
+                           f"recomputation needs {tuple(x.shape)}")
+    return recorded
 
 
 class Dropout(nn.Module):
@@ -85,9 +99,8 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
             return F.dropout(x, self.p, training=True)
-        recorded = next(_tape.replay, None) if _tape.replay is not None else None
-        if recorded is not None:
-            mask, scale, rng_after = recorded
+        if _tape.replay is not None:
+            mask, scale, rng_after = _replayed(x)
             # Leave the generator where the draw left it, so that other random ops in the segment
             # (attention dropout inside SDPA) see the stream they saw in the forward.
             torch.set_rng_state(rng_after)

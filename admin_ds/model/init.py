@@ -7,7 +7,8 @@ Initialising in ``reset_parameters`` keeps the same weights with or without ZeRO
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn

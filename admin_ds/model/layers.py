@@ -1,6 +1,6 @@
 """Encoder and decoder layers: attention and feed-forward branches inside ``Residual`` connections.
 
-Sublayer order, which is also Admin's profiling order (admin.md): encoder layer = self-attention, FFN;
+Sublayer order, which is also Admin's profiling order (docs/admin.md): encoder layer = self-attention, FFN;
 decoder layer = self-attention, cross-attention, FFN.
 """
 

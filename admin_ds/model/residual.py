@@ -66,7 +66,7 @@ class Residual(nn.Module):
         self.dropout = Dropout(dropout)
         # ω starts at 1 (plain Post-LN) until profiling or a profile file sets it.
         self.omega = nn.Parameter(torch.ones(d_model)) if scheme == "admin" else None
-        # Set only while admin.profile_omega runs its profiling forward; see admin.py.
+        # Set only while model.omega.profile_omega runs its profiling forward; see omega.py.
         self.profiler: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

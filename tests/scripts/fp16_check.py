@@ -1,6 +1,6 @@
 """DeepSpeed's fp16 path on the CPU: dynamic loss scaling, an injected overflow, the skipped step.
 
-DeepSpeed's CPU accelerator refuses fp16; deepspeed-notes.md: claiming support before ``initialize``
+DeepSpeed's CPU accelerator refuses fp16; docs/deepspeed.md: claiming support before ``initialize``
 makes fp16 run, which is enough to exercise the loss scaler and Admin's hook in half precision.
 
     python tests/scripts/fp16_check.py OUT.json
@@ -12,8 +12,8 @@ import sys
 import torch
 from deepspeed.accelerator import get_accelerator
 
-from admin_ds import engine as ds
 from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
 
 
 def run(stage: int) -> dict:
@@ -23,23 +23,23 @@ def run(stage: int) -> dict:
                        "hysteresis": 1, "min_loss_scale": 1}}
     torch.manual_seed(0)
     model = build_model("admin-tiny", dropout=0.0)
-    engine = ds.initialize(model, config)
+    engine = training_engine.initialize(model, config)
     gen = torch.Generator().manual_seed(1)
     src, tgt = torch.randint(4, 64, (8, 9), generator=gen), torch.randint(4, 64, (8, 7), generator=gen)
-    profile = ds.omega_hook(engine, src, tgt, dropout=False)
+    profile = training_engine.omega_hook(engine, src, tgt, dropout=False)
     omega = engine.module.encoder.layers[1].ffn_residual.omega
-    record = {"profile": profile.encoder + profile.decoder, "omega_master": float(ds.full_parameter(engine, omega).mean()),
-              "steps": []}
+    record = {"profile": profile.encoder + profile.decoder,
+              "omega_master": float(training_engine.full_parameter(engine, omega).mean()), "steps": []}
     for step in range(6):
-        before = ds.full_parameter(engine, engine.module.encoder.layers[0].ffn.fc1.weight)
+        before = training_engine.full_parameter(engine, engine.module.encoder.layers[0].ffn.fc1.weight)
         loss_sum, _ = engine(src, tgt, target=tgt, label_smoothing=0.1)
         loss = loss_sum / tgt.numel()
         if step == 3:
             loss = loss * float("inf")  # an overflow, as a too-large scale would cause
         engine.backward(loss)
         engine.step()
-        after = ds.full_parameter(engine, engine.module.encoder.layers[0].ffn.fc1.weight)
-        record["steps"].append({"loss": float(loss), "scale": ds.loss_scale(engine),
+        after = training_engine.full_parameter(engine, engine.module.encoder.layers[0].ffn.fc1.weight)
+        record["steps"].append({"loss": float(loss), "scale": training_engine.loss_scale(engine),
                                 "skipped": int(engine.skipped_steps), "moved": bool(not torch.equal(before, after)),
                                 "dtype": str(engine.module.encoder.layers[0].ffn.fc1.weight.dtype)})
     engine.destroy()
@@ -48,11 +48,11 @@ def run(stage: int) -> dict:
 
 def main() -> int:
     get_accelerator().is_fp16_supported = lambda: True
-    ds.init_distributed()
+    training_engine.init_distributed()
     result = {f"zero{stage}": run(stage) for stage in (0, 2)}
     with open(sys.argv[1], "w") as f:
         json.dump(result, f)
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

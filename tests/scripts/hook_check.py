@@ -12,9 +12,8 @@ import sys
 
 import torch
 
-from admin_ds import engine as ds
-from admin_ds.admin import OmegaProfile
 from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
 
 MODEL = dict(encoder_layers=3, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64, src_vocab_size=50,
              tgt_vocab_size=50)
@@ -36,21 +35,21 @@ def run_case(stage: int, zero_init: bool, precision: str, device: torch.device) 
               "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "torch_adam": True}},
               "bf16": {"enabled": precision == "bf16"}}
     torch.manual_seed(0)  # identical initial weights on every rank, and in the reference process
-    with ds.model_init_context(config, zero_init):
+    with training_engine.model_init_context(config, zero_init):
         model = build_model("admin-tiny", dropout=0.0, **MODEL)
-    engine = ds.initialize(model, config)
+    engine = training_engine.initialize(model, config)
     src, tgt = batch_for(torch.distributed.get_rank())
-    profile = ds.omega_hook(engine, src.to(device), tgt.to(device), dropout=False)
+    profile = training_engine.omega_hook(engine, src.to(device), tgt.to(device), dropout=False)
     omegas = [r.omega for s in ("encoder", "decoder") for r in engine.module.residuals(s)]
     # Under ZeRO-3 each rank must hold only its shard of ω, or the gather/scatter path went untested.
     partitioned = all(p.ds_tensor.numel() < p.ds_numel for p in omegas) if stage == 3 else None
-    master_before = [float(ds.full_parameter(engine, p).mean()) for p in omegas]
-    spread_before = [float(ds.full_parameter(engine, p).std()) for p in omegas]
+    master_before = [float(training_engine.full_parameter(engine, p).mean()) for p in omegas]
+    spread_before = [float(training_engine.full_parameter(engine, p).std()) for p in omegas]
     logits = engine(src.to(device), tgt.to(device))
     loss = logits.float().logsumexp(-1).mean()
     engine.backward(loss)
     engine.step()
-    master_after = [float(ds.full_parameter(engine, p).mean()) for p in omegas]
+    master_after = [float(training_engine.full_parameter(engine, p).mean()) for p in omegas]
     engine.destroy()
     return dict(profile=profile.encoder + profile.decoder, partitioned=partitioned, master_before=master_before,
                 spread_before=spread_before, master_after=master_after)
@@ -62,13 +61,13 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
-    rank, world, device = ds.init_distributed()
+    rank, world, device = training_engine.init_distributed()
     for case in args.cases.split(","):
         stage, precision = case.split("/")
         result = run_case(int(stage.rstrip("i")), stage.endswith("i"), precision, device)
         with open(f"{args.out}/{case.replace('/', '-')}-rank{rank}.json", "w") as f:
             json.dump(dict(result, rank=rank, world=world), f)
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

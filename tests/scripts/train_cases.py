@@ -3,8 +3,9 @@
     torchrun --nproc_per_node 2 tests/scripts/train_cases.py CASES.json OUT_DIR
 
 CASES.json is a list of {"name": ..., "argv": [train flags...]}. Each case runs the real Trainer; then
-every rank saves its view of the full weights to OUT_DIR/NAME-rankR.pt. Launch and import costs are paid
-once for all cases.
+every rank saves its view of the full weights to OUT_DIR/NAME-rankR.pt and, for Admin models, ω as the
+weights hold it (gathered) and the size of this rank's own piece of the first ω to OUT_DIR/NAME-rankR.json.
+Launch and import costs are paid once for all cases.
 """
 
 import json
@@ -13,21 +14,29 @@ from pathlib import Path
 
 import torch
 
-from admin_ds import engine as ds
-from admin_ds.train import Trainer, build_parser, setup_logging
+from admin_ds.cli import build_parser
+from admin_ds.cli.train import run_configs
+from admin_ds.training import engine as training_engine
+from admin_ds.training.loop import Trainer, setup_logging
 
 
 def main() -> int:
     cases = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
-    rank, _, _ = ds.init_distributed()
+    rank, _, _ = training_engine.init_distributed()
     setup_logging(rank)
     for case in cases:
-        trainer = Trainer(build_parser().parse_args(case["argv"]))
+        trainer = Trainer(*run_configs(build_parser("train").parse_args(["train", *case["argv"]])))
         trainer.run()
-        torch.save(ds.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
+        torch.save(training_engine.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
+        if trainer.is_admin:
+            profile = training_engine.omega_profile(trainer.engine)
+            first = trainer.model.residuals("encoder")[0].omega
+            record = {"omega": profile.encoder + profile.decoder,
+                      "omega_local_numel": getattr(first, "ds_tensor", first).numel()}
+            (out / f"{case['name']}-rank{rank}.json").write_text(json.dumps(record))
         trainer.engine.destroy()
-    ds.finish_distributed()
+    training_engine.finish_distributed()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``admin-ds average-checkpoints``: the element-wise mean of several checkpoints' weights, as one fp32 export.
+"""Averaging checkpoints (``admin-ds average-checkpoints``): the element-wise mean of their weights.
 
 The Admin paper evaluates the average of the last checkpoints of a run (fairseq's average_checkpoints.py).
 Inputs are anything ``admin_ds.load_model`` accepts; ``--save-dir DIR --last N`` picks the N
@@ -8,20 +8,22 @@ at a time besides the running sum, and the mean is stored in fp32.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
+from admin_ds.checkpoints.convert import tokenizer_for_export
+from admin_ds.checkpoints.exports import write_export
+from admin_ds.checkpoints.load import load_model
+from admin_ds.checkpoints.rundir import step_dirs
 from admin_ds.errors import UserError
+from admin_ds.io import check_new_output
 from admin_ds.model import TranslationModel
 
 logger = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"global_step(\d+)")
 # Settings that only matter while training; checkpoints that differ in them still average.
 TRAINING_ONLY = ("dropout", "attention_dropout", "activation_dropout", "checkpoint_every")
 
@@ -72,38 +74,17 @@ def step_checkpoints(save_dir: str | Path, last: int) -> list[Path]:
         raise UserError(f"--save-dir {save_dir} does not exist")
     if last < 1:
         raise UserError(f"--last must be at least 1, got {last}")
-    steps = sorted((int(match.group(1)), path) for path in save_dir.iterdir()
-                   if path.is_dir() and (match := STEP_DIR.fullmatch(path.name)))
+    steps = step_dirs(save_dir)
     if len(steps) < last:
         raise UserError(f"--last {last} asks for more checkpoints than the {len(steps)} global_step* "
                         f"directories in {save_dir}")
-    return [path for _, path in steps[-last:]]
+    return steps[-last:]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--inputs", nargs="+", metavar="CKPT", help="checkpoints to average")
-    source.add_argument("--save-dir", help="a training run's directory: average its last --last global_step*")
-    parser.add_argument("--last", type=int, help="with --save-dir: how many of the newest checkpoints")
-    parser.add_argument("--output", required=True, help="directory for the averaged fp32 export")
-    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
-
-
-def main(args: argparse.Namespace) -> int:
-    import admin_ds
-    from admin_ds.checkpoint import write_export
-    from admin_ds.translate import find_spm
-
-    if args.save_dir:
-        if args.last is None:
-            raise UserError("--save-dir needs --last N")
-        paths = step_checkpoints(args.save_dir, args.last)
-    else:
-        if args.last is not None:
-            raise UserError("--last goes with --save-dir, not --inputs")
-        paths = [Path(p) for p in args.inputs]
-    if Path(args.output).exists() and not args.force:
-        raise UserError(f"output {args.output} exists; pass --force to replace it")
+def average_checkpoints(paths: list[Path], output: str | Path, force: bool = False) -> Path:
+    """Average ``paths`` (anything ``load_model`` reads) into an fp32 export at ``output``, with the
+    tokenizer of the newest one, one checkpoint in memory at a time."""
+    check_new_output(output, force)
     for path in paths:
         if not path.exists():
             raise UserError(f"checkpoint not found: {path}")
@@ -111,15 +92,9 @@ def main(args: argparse.Namespace) -> int:
     def load_each():
         for path in paths:
             logger.info("loading %s", path)
-            yield admin_ds.load_model(path)
+            yield load_model(path)
 
     model = average_models(load_each())
-    extra = {"averaged_from": [str(p) for p in paths]}
-    try:  # remember the sentencepiece model(s), so that translate finds them beside the average
-        src_spm, tgt_spm = find_spm(paths[-1])
-        extra["spm_model"] = {"src": str(src_spm.resolve()), "tgt": str(tgt_spm.resolve())}
-    except UserError:
-        pass
-    write_export(model, args.output, force=args.force, extra=extra)
-    print(f"averaged {len(paths)} checkpoints into {args.output}")
-    return 0
+    files, extra = tokenizer_for_export(paths[-1])
+    extra["averaged_from"] = [str(p) for p in paths]
+    return write_export(model, output, force=force, extra=extra, files=files)

@@ -1,7 +1,9 @@
-"""Everything DeepSpeed: process group, config, ``initialize``, ω into partitioned weights, checkpoints.
+"""Everything DeepSpeed and torch.distributed: process group, collectives, config, ``initialize``, ω into
+partitioned weights, checkpoints.
 
-This is the only module of the package that imports deepspeed. The model stays a plain ``nn.Module``;
-the training loop talks to DeepSpeed only through the functions here.
+This is the only module of the package that imports deepspeed or torch.distributed (import-linter holds
+it to that for deepspeed; tests/test_architecture.py for both). The model stays a plain ``nn.Module``;
+the training loop talks to DeepSpeed and to the other ranks only through the functions here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import socket
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import deepspeed
 import torch
@@ -18,7 +20,8 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from admin_ds.errors import UserError
-from admin_ds.jsonio import read_json_object
+from admin_ds.io import read_json_object
+from admin_ds.model import OmegaProfile, TranslationModel, profile_omega
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -55,7 +58,7 @@ def init_distributed() -> tuple[int, int, torch.device]:
     accelerator = get_accelerator()
     if accelerator.device_name() == "cpu":
         # The shared-memory all-reduce op costs a ~25 s compile on first use and plain gloo gives
-        # identical results (deepspeed-notes.md); CPU runs are tests and demos, so skip it.
+        # identical results (docs/deepspeed.md); CPU runs are tests and demos, so skip it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
@@ -82,12 +85,32 @@ def add_deepspeed_arguments(parser) -> None:
                         help="set by the deepspeed launcher; read from LOCAL_RANK otherwise")
 
 
-def fp16_supported() -> bool:
-    return bool(get_accelerator().is_fp16_supported())
+# --- collectives --------------------------------------------------------------------------------------
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def bf16_supported() -> bool:
-    return bool(get_accelerator().is_bf16_supported())
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The element-wise sum over ranks of a small float tensor, as a new float64 tensor on the CPU.
+
+    gloo (CPU) reduces float64; NCCL reduces on the device, where float32 is the portable choice."""
+    if world_size() == 1:
+        return values.detach().to("cpu", torch.float64, copy=True)
+    reduced = values.detach().to(device, torch.float64 if device.type == "cpu" else torch.float32, copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to("cpu", torch.float64)
+
+
+def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``values`` on every rank (in place; returned for convenience)."""
+    if world_size() > 1:
+        dist.broadcast(values, src=0)
+    return values
 
 
 # --- config -------------------------------------------------------------------------------------------
@@ -133,7 +156,7 @@ def initialize(model: torch.nn.Module, config: dict, optimizer=None, lr_schedule
 def set_parameters(engine, values: list[tuple[torch.nn.Parameter, float]]) -> None:
     """Fill each parameter with a constant on every rank, so that the next step starts from it.
 
-    Editing ``param.data`` after initialize is not enough (deepspeed-notes.md): the optimizer's fp32
+    Editing ``param.data`` after initialize is not enough (docs/deepspeed.md): the optimizer's fp32
     master copy wins at the next step. So: write the working copy (gathered and re-partitioned from rank 0
     under ZeRO-3), then have the optimizer copy working weights into its master weights. Before the first
     step the working and master copies are equal elsewhere, so this refresh changes nothing else.
@@ -258,17 +281,30 @@ def engine_step_info(engine, grad_norm: Optional[float] = None) -> dict[str, Any
 
 
 def omega_hook(engine, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, dropout: bool = True,
-               profile=None):
+               profile: Optional[OmegaProfile] = None) -> OmegaProfile:
     """Admin's rank-0 hook, run after ``initialize`` and before the first optimizer step.
 
-    Every rank runs the profiling forward through the engine (a collective under ZeRO-3), rank 0's ω is
-    broadcast, and ω is written into working and master weights on every rank. With ``profile`` given (a
-    profile file), profiling is skipped and its values are written instead. Returns the OmegaProfile.
+    Every rank runs the profiling forward through the engine (under ZeRO-3 a forward is a collective, so
+    rank 0 alone would hang), rank 0's ω is broadcast so every rank has bit-identical values, and ω is
+    written into working and master weights on every rank. With ``profile`` given (a profile file),
+    profiling is skipped and its values are written instead. Returns ω as read back from the weights.
     """
-    from admin_ds.admin import profile_on_rank0
-
     if profile is None:
-        profile = profile_on_rank0(engine.module, src_tokens, tgt_tokens, dropout=dropout, forward=engine,
-                                   device=src_tokens.device)
+        profile = profile_omega(engine.module, src_tokens, tgt_tokens, dropout=dropout, forward=engine)
+        values = broadcast_from_rank0(profile.to_tensor().to(src_tokens.device))
+        profile = OmegaProfile.from_tensor(values, len(profile.encoder))
     set_parameters(engine, list(profile.targets(engine.module)))
-    return profile
+    return omega_profile(engine)
+
+
+def omega_profile(engine) -> OmegaProfile:
+    """ω as the weights hold it now (their fp32 masters where there are some), on every rank.
+
+    ω lives in the weights only; profiles written into checkpoints and run directories are read back from
+    them here. Under ZeRO-3 a rank holds only a shard of each ω, so the whole vector is gathered first
+    (every rank must call this)."""
+    model: TranslationModel = engine.module
+    # float64 mean: an fp32 mean of equal values can land one ulp off the value itself.
+    stacks = {stack: [full_parameter(engine, r.omega).double().mean().item() for r in model.residuals(stack)]
+              for stack in ("encoder", "decoder")}
+    return OmegaProfile(stacks["encoder"], stacks["decoder"])

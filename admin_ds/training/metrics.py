@@ -1,4 +1,4 @@
-"""Rank-0 training records: metrics.jsonl (design.md contract 5), TensorBoard, and a tqdm bar."""
+"""Rank-0 training records: metrics.jsonl (docs/contracts.md, the run directory), TensorBoard, a tqdm bar."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from admin_ds.checkpoints.rundir import METRICS, TENSORBOARD
+from admin_ds.io import write_text_atomic
+
 log = logging.getLogger("admin_ds")
 
 
@@ -20,7 +23,7 @@ class MetricsWriter:
     """
 
     def __init__(self, save_dir: Path, total_steps: Optional[int], start_step: int, tensorboard: bool):
-        self.path = save_dir / "metrics.jsonl"
+        self.path = save_dir / METRICS
         self._keep_rows_until(start_step)
         self.file = open(self.path, "a", encoding="utf-8")
         self.writer = None
@@ -28,7 +31,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(save_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(save_dir / TENSORBOARD))
             except ImportError:
                 log.warning("tensorboard is not installed; writing metrics.jsonl only")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -43,9 +46,7 @@ class MetricsWriter:
         if step > 0:
             rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(row + "\n" for row in rows))
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")

@@ -1,4 +1,4 @@
-"""Admin's ω: the profiling statistics, the profile file, and the rank-0 profiling hook.
+"""Admin's ω: the profiling statistics and the profile file.
 
 The math (Liu et al. 2020, "Understanding the Difficulty of Training Transformers", Admin; see
 docs/admin.md). One training-mode forward over one batch; encoder and decoder keep separate accumulators
@@ -11,23 +11,25 @@ r, each starting at 1. Walking the sublayers in order:
 
 so ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j]: the shortcut grows with the variance earlier branches added.
 
-This module needs only torch (and torch.distributed for the broadcast); engine.py supplies the DeepSpeed
-part of the hook, i.e. how profiled values reach parameters that DeepSpeed has partitioned.
+This module needs only torch. The rank-0 hook (``admin_ds.training.engine.omega_hook``) runs
+``profile_omega`` on every rank, broadcasts rank 0's values and writes them into the weights DeepSpeed owns.
+ω then lives in the weights only: profiles written later are read back from them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 
 from admin_ds.errors import UserError
+from admin_ds.io import write_text_atomic
 
 STACKS = ("encoder", "decoder")
 
@@ -50,13 +52,13 @@ class _StackProfiler:
 
 @dataclass
 class OmegaProfile:
-    """One ω scalar per sublayer: ``encoder`` has 2N values, ``decoder`` 3M (admin.md's order)."""
+    """One ω scalar per sublayer: ``encoder`` has 2N values, ``decoder`` 3M (docs/admin.md's order)."""
 
     encoder: list[float]
     decoder: list[float]
 
     # --- checks --------------------------------------------------------------------------------------
-    def check_fits(self, encoder_layers: int, decoder_layers: int, source: str = "profile") -> "OmegaProfile":
+    def check_fits(self, encoder_layers: int, decoder_layers: int, source: str = "profile") -> OmegaProfile:
         if len(self.encoder) != 2 * encoder_layers or len(self.decoder) != 3 * decoder_layers:
             raise UserError(
                 f"{source}: has {len(self.encoder)} encoder and {len(self.decoder)} decoder sublayers, the model "
@@ -70,14 +72,11 @@ class OmegaProfile:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | os.PathLike) -> None:
-        """Write atomically: a temporary file renamed into place, so a crash never leaves half a profile."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.to_text())
-        os.replace(tmp, path)
+        """Write atomically, so a crash never leaves half a profile."""
+        write_text_atomic(path, self.to_text())
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "OmegaProfile":
+    def read(cls, path: str | os.PathLike) -> OmegaProfile:
         """Parse ``INDEX VALUE`` lines: encoder block indexed 1..2N, then decoder block from 1 again."""
         path = Path(path)
         try:
@@ -116,13 +115,14 @@ class OmegaProfile:
         return torch.tensor(self.encoder + self.decoder, dtype=torch.float64)
 
     @classmethod
-    def from_tensor(cls, values: torch.Tensor, encoder_sublayers: int) -> "OmegaProfile":
+    def from_tensor(cls, values: torch.Tensor, encoder_sublayers: int) -> OmegaProfile:
         flat = values.double().cpu().tolist()
         return cls(flat[:encoder_sublayers], flat[encoder_sublayers:])
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> "OmegaProfile":
-        """Read ω back from a model (the mean of each vector: trained ω is no longer one constant)."""
+    def from_model(cls, model: torch.nn.Module) -> OmegaProfile:
+        """Read ω back from a model whose weights are whole (the mean of each vector: trained ω is no longer
+        one constant). Under ZeRO-3 gather them first (``training.engine.omega_profile``)."""
         values = {stack: [float(r.omega.detach().float().mean()) for r in model.residuals(stack)] for stack in STACKS}
         return cls(values["encoder"], values["decoder"])
 
@@ -183,18 +183,3 @@ def profile_omega(model: torch.nn.Module, src_tokens: torch.Tensor, tgt_tokens: 
     finally:
         model.train(was_training)
     return OmegaProfile(profilers["encoder"].omegas, profilers["decoder"].omegas)
-
-
-def profile_on_rank0(model: torch.nn.Module, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor,
-                     dropout: bool = True, forward: Optional[Callable] = None,
-                     device: Optional[torch.device] = None) -> OmegaProfile:
-    """The rank-0 hook's first half: every rank runs the profiling forward (under ZeRO-3 a forward is a
-    collective, so rank 0 alone would hang), rank 0's statistics decide, and they are broadcast so every
-    rank returns bit-identical ω. Without an initialised process group this is ``profile_omega``.
-    """
-    profile = profile_omega(model, src_tokens, tgt_tokens, dropout=dropout, forward=forward)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return profile
-    values = profile.to_tensor().to(device or src_tokens.device)
-    dist.broadcast(values, src=0)
-    return OmegaProfile.from_tensor(values, len(profile.encoder))

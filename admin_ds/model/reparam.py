@@ -1,4 +1,4 @@
-"""Admin -> plain Post-LN: fold every shortcut scale into the weights around it (admin.md, last section).
+"""Admin -> plain Post-LN: fold every shortcut scale into the weights around it (docs/admin.md, the reparameterisation).
 
 A Post-LN sublayer with a shortcut scale s_i (Admin's vector ω_i, DeepNorm's constant α, 1 for Post-LN)
 
@@ -15,7 +15,7 @@ values read the encoder output; W_1 of the FFN). The last LayerNorm of each stac
 encoder output and the decoder features are unchanged.
 
 The second half maps a Post-LN or Pre-LN TranslationModel onto the keys of torch.nn.TransformerEncoder /
-TransformerDecoder (design.md contract 4) and back.
+TransformerDecoder (docs/contracts.md, the plain export) and back.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 from torch import nn
@@ -156,7 +157,7 @@ def plain_tensors(model: TranslationModel) -> Iterator[tuple[str, torch.Tensor]]
 
 
 def to_plain(model: TranslationModel, inplace: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json dict, state dict) of the plain export of ``model`` (design.md contract 4).
+    """(config.json dict, state dict) of the plain export of ``model`` (docs/contracts.md, the plain export).
 
     Admin / DeepNorm / Post-LN models come out as plain Post-LN; Pre-LN ones with ``norm_first`` and the
     final LayerNorms. ``inplace=True`` folds ``model`` itself (saving a copy of the weights).

@@ -1,21 +1,14 @@
-"""``admin-ds convert CKPT OUT``: a training checkpoint (or any model) as safetensors, or as a plain Post-LN model.
+"""Reading DeepSpeed checkpoints of ``admin-ds train`` at any ZeRO stage and world size, one shard at a time.
 
-    admin-ds convert runs/exp export/              # fp32 export: loadable by admin_ds.load_model
-    admin-ds convert runs/exp plain/ --plain       # torch.nn layers + torch + safetensors only (plain.py)
-    admin-ds convert runs/exp/global_step800 out/ --force
-    admin-ds convert fp32/pytorch_model.bin out/ --config runs/exp/train_config.json
-
-CKPT is anything ``admin_ds.load_model`` reads (checkpoint.py): a DeepSpeed directory of ``admin-ds train``
-at any ZeRO stage and world size (``latest`` or ``--tag``), an fp32 or plain export, or a state dict from
-DeepSpeed's zero_to_fp32.py. ZeRO shards are read one at a time into a single fp32 copy of the model, and
-the output is written tensor by tensor, so the process holds about one copy of the weights plus one shard.
-``--plain`` folds Admin's ω (and DeepNorm's α) into the neighbouring weights (reparam.py). OUT appears only
-once complete; on any error nothing is written.
+ZeRO-0 keeps the whole model in ``mp_rank_00_model_states.pt``; ZeRO-1/2/3 keep the fp32 master weights in
+one ``*_optim_states.pt`` shard per rank. The shards are read one after the other into a single fp32
+model, so the process holds about one copy of the weights plus one shard (bench/bench_convert.py).
+The layouts read here are DeepSpeed's private ones; tests compare the result with DeepSpeed's own
+``zero_to_fp32`` for every stage (tests/test_convert.py), on the DeepSpeed versions setup.py allows.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import math
 import re
@@ -24,13 +17,35 @@ from typing import Optional
 
 import torch
 
-from admin_ds.checkpoint import (TRAIN_CONFIG, WeightFiller, find_model_config, load_checkpoint, model_states_file,
-                                 torch_load, write_export, write_model_dir)
+from admin_ds.checkpoints.exports import WeightFiller, find_model_config, first_line
+from admin_ds.checkpoints.rundir import LATEST, TRAIN_CONFIG, latest_tag
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
-from admin_ds.reparam import to_plain
 
-__all__ = ["convert", "read_deepspeed_checkpoint", "to_plain", "add_arguments", "main"]
+
+# --- DeepSpeed files ----------------------------------------------------------------------------------
+def torch_load(file: Path, weights_only: bool = False):
+    """torch.load memory-mapped (only what is read becomes resident), with one-line errors."""
+    try:
+        return torch.load(file, map_location="cpu", mmap=True, weights_only=weights_only)
+    except ModuleNotFoundError as err:
+        raise UserError(f"cannot read {file}: it needs the module {err.name!r} (DeepSpeed checkpoints "
+                        "need deepspeed installed)") from None
+    except Exception as err:  # truncated archives, pickles of unknown objects, ...
+        raise UserError(f"cannot read {file} ({first_line(err)})") from None
+
+
+def model_states_file(directory: Path) -> Optional[Path]:
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def is_deepspeed_dir(path: Path) -> bool:
+    return ((path / LATEST).is_file() or model_states_file(path) is not None
+            or any(p.is_dir() for p in path.glob("global_step*")))
+
 
 
 # --- DeepSpeed checkpoints of `admin-ds train` -------------------------------------------------------------
@@ -44,11 +59,10 @@ def find_tag_dir(path: Path, tag: Optional[str] = None) -> Path:
             return path
         path = path.parent
     if tag is None:
-        latest = path / "latest"
-        if not latest.is_file():
-            raise UserError(f"{path}: no 'latest' file; pass --tag (one of: "
+        tag = latest_tag(path)
+        if tag is None:
+            raise UserError(f"{path}: no '{LATEST}' file; pass --tag (one of: "
                             f"{', '.join(sorted(p.name for p in path.glob('global_step*'))) or 'none found'})")
-        tag = latest.read_text(encoding="utf-8").strip()
     tag_dir = path / tag
     if model_states_file(tag_dir) is None:
         raise UserError(f"{tag_dir}: no DeepSpeed model states file (checkpoint tag {tag!r} missing or incomplete)")
@@ -182,59 +196,3 @@ def _copy_zero3(flats, groups, rank: int, world: int, filler: WeightFiller, shar
                 offset += piece
     if offset != bounds[-1]:
         raise UserError(f"{shard}: holds {bounds[-1]} values but the parameter shapes need {offset}")
-
-
-# --- conversion ------------------------------------------------------------------------------------
-def _spm_files(source: Path) -> tuple[dict[str, Path], Optional[object]]:
-    """The sentencepiece model(s) of the checkpoint's run, found where ``admin-ds translate`` looks (beside
-    it, or the prepared data named in the run's train_config.json), to copy beside the converted weights."""
-    from admin_ds.translate import find_spm
-
-    try:
-        src, tgt = find_spm(source)
-    except (UserError, OSError, ValueError, KeyError):
-        return {}, None
-    if not (Path(src).is_file() and Path(tgt).is_file()):
-        return {}, None
-    if Path(src).resolve() == Path(tgt).resolve():
-        return {"spm.model": Path(src)}, "spm.model"
-    return {"spm.src.model": Path(src), "spm.tgt.model": Path(tgt)}, {"src": "spm.src.model", "tgt": "spm.tgt.model"}
-
-
-def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, plain: bool = False,
-            force: bool = False, config: Optional[str | Path] = None) -> Path:
-    """Convert ``checkpoint`` into an fp32 export (default) or a plain export at ``out``; returns ``out``."""
-    out = Path(out)
-    if out.exists() and not force:  # before reading gigabytes
-        raise UserError(f"output {out} exists; pass --force to replace it")
-    model, info = load_checkpoint(checkpoint, tag, config)
-    source = Path(info["source"])
-    files, spm_entry = _spm_files(source if source.is_dir() else source.parent)
-    extra = {"converted_from": info}
-    if spm_entry is not None:
-        extra["spm_model"] = spm_entry
-    if not plain:
-        return write_export(model, out, force=force, extra=extra, files=files)
-    residual = model.cfg.residual
-    settings, tensors = to_plain(model, inplace=True)  # the model is ours: fold it without a copy
-    settings.update(source_residual=residual, **extra)
-    return write_model_dir(out, settings, list(tensors.items()), force=force, files=files)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT",
-                        help="DeepSpeed save dir or global_stepN dir, an export, or a zero_to_fp32 state dict")
-    parser.add_argument("out", metavar="OUT", help="output directory (config.json + model.safetensors)")
-    parser.add_argument("--tag", help="DeepSpeed checkpoint tag (default: the one named in 'latest')")
-    parser.add_argument("--plain", action="store_true",
-                        help="fold ω into the weights: a plain Post-LN model for torch.nn layers (see plain.py)")
-    parser.add_argument("--config", help="model config (train_config.json or an export's config.json) for a "
-                                         "bare state dict file")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
-
-
-def main(args: argparse.Namespace) -> int:
-    out = convert(args.checkpoint, args.out, tag=args.tag, plain=args.plain, force=args.force, config=args.config)
-    kind = "plain export" if args.plain else "fp32 export"
-    print(f"wrote {kind} {out}")
-    return 0

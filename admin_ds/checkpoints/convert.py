@@ -1,0 +1,60 @@
+"""Converting any checkpoint into an fp32 export or a plain Post-LN export (``admin-ds convert``).
+
+CKPT is anything ``load_model`` reads (load.py): a DeepSpeed directory of ``admin-ds train`` at any ZeRO
+stage and world size (``latest`` or ``tag``), an fp32 or plain export, or a state dict from DeepSpeed's
+zero_to_fp32.py. ZeRO shards are read one at a time into a single fp32 copy of the model, and safetensors
+writes from the model's own memory, so the process holds about one copy of the weights plus one shard. ``plain`` folds
+Admin's ω (and DeepNorm's α) into the neighbouring weights (``admin_ds.model.reparam``). The sentencepiece
+model(s) go into the export too. OUT appears only once complete; on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from admin_ds.checkpoints.exports import write_export, write_model_dir
+from admin_ds.checkpoints.load import load_checkpoint
+from admin_ds.checkpoints.rundir import tokenizer_files
+from admin_ds.io import check_new_output
+from admin_ds.model import TranslationModel
+from admin_ds.model.reparam import to_plain
+
+log = logging.getLogger("admin_ds")
+
+
+def tokenizer_for_export(source: Path) -> tuple[dict[str, Path], dict]:
+    """(files to copy into the export, config.json entries) for the tokenizer of ``source``; says so on
+    the log when there is none to carry."""
+    found = tokenizer_files(source)
+    if found is None:
+        log.warning("no sentencepiece model found for %s (beside it, or the prepared data its run's "
+                    "train_config.json names): the export holds none; translate it with --spm PATH", source)
+        return {}, {}
+    files, entry = found
+    return files, {"spm_model": entry}
+
+
+def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, plain: bool = False,
+            force: bool = False, config: Optional[str | Path] = None) -> Path:
+    """Convert ``checkpoint`` into an fp32 export (default) or a plain export at ``out``; returns ``out``."""
+    check_new_output(out, force)  # before reading gigabytes
+    model, info = load_checkpoint(checkpoint, tag, config)
+    source = Path(info["source"])
+    return write_converted(model, source if source.is_dir() else source.parent, out, plain, force,
+                           {"converted_from": info})
+
+
+def write_converted(model: TranslationModel, source: Path, out: str | Path, plain: bool = False,
+                    force: bool = False, extra: Optional[dict] = None) -> Path:
+    """Write a loaded ``model`` as an fp32 or (``plain``, folding the model in place) a plain export, with
+    the tokenizer found for ``source``."""
+    files, entries = tokenizer_for_export(source)
+    entries.update(extra or {})
+    if not plain:
+        return write_export(model, out, force=force, extra=entries, files=files)
+    residual = model.cfg.residual
+    settings, tensors = to_plain(model, inplace=True)  # the model is ours: fold it without a copy
+    settings.update(source_residual=residual, **entries)
+    return write_model_dir(out, settings, list(tensors.items()), force=force, files=files)

@@ -1,0 +1,38 @@
+"""``admin-ds average-checkpoints``: the element-wise mean of several checkpoints' weights, as one fp32 export.
+
+The Admin paper evaluates the average of the last checkpoints of a run (fairseq's average_checkpoints.py).
+Inputs are anything ``admin_ds.load_model`` accepts; ``--save-dir DIR --last N`` picks the N
+``DIR/global_stepK`` directories with the highest K. Sums are accumulated in float64, one model in memory
+at a time besides the running sum, and the mean is stored in fp32 with the newest input's tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from admin_ds.checkpoints.average import average_checkpoints, step_checkpoints
+from admin_ds.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inputs", nargs="+", metavar="CKPT", help="checkpoints to average")
+    source.add_argument("--save-dir", help="a training run's directory: average its last --last global_step*")
+    parser.add_argument("--last", type=int, help="with --save-dir: how many of the newest checkpoints")
+    parser.add_argument("--output", required=True, help="directory for the averaged fp32 export")
+    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.save_dir:
+        if args.last is None:
+            raise UserError("--save-dir needs --last N")
+        paths = step_checkpoints(args.save_dir, args.last)
+    else:
+        if args.last is not None:
+            raise UserError("--last goes with --save-dir, not --inputs")
+        paths = [Path(p) for p in args.inputs]
+    average_checkpoints(paths, args.output, force=args.force)
+    print(f"averaged {len(paths)} checkpoints into {args.output}")
+    return 0

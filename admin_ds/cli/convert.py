@@ -1,0 +1,33 @@
+"""``admin-ds convert CKPT OUT``: a training checkpoint (or any model) as safetensors, or as a plain Post-LN model.
+
+    admin-ds convert runs/exp export/              # fp32 export: loadable by admin_ds.load_model
+    admin-ds convert runs/exp plain/ --plain       # torch.nn layers + torch + safetensors only (plain.py)
+    admin-ds convert runs/exp/global_step800 out/ --force
+    admin-ds convert fp32/pytorch_model.bin out/ --config runs/exp/train_config.json
+
+See ``admin_ds.checkpoints.convert`` for what is read and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from admin_ds.checkpoints.convert import convert
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT",
+                        help="DeepSpeed save dir or global_stepN dir, an export, or a zero_to_fp32 state dict")
+    parser.add_argument("out", metavar="OUT", help="output directory (config.json + model.safetensors)")
+    parser.add_argument("--tag", help="DeepSpeed checkpoint tag (default: the one named in 'latest')")
+    parser.add_argument("--plain", action="store_true",
+                        help="fold ω into the weights: a plain Post-LN model for torch.nn layers (see plain.py)")
+    parser.add_argument("--config", help="model config (train_config.json or an export's config.json) for a "
+                                         "bare state dict file")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = convert(args.checkpoint, args.out, tag=args.tag, plain=args.plain, force=args.force, config=args.config)
+    print(f"wrote {'plain export' if args.plain else 'fp32 export'} {out}")
+    return 0

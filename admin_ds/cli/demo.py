@@ -1,0 +1,19 @@
+"""``admin-ds demo``: the whole flow on a built-in corpus (``admin_ds.pipelines.demo``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from admin_ds.cli.args import add_options, options_from_args
+from admin_ds.pipelines.demo import DemoConfig, run_demo
+from admin_ds.training.loop import setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, DemoConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(rank=0)
+    run_demo(options_from_args(DemoConfig, args))
+    return 0

@@ -1,0 +1,73 @@
+"""``admin-ds evaluate``: score translations with sacrebleu (BLEU and chrF, with their signatures).
+
+Two modes:
+  - ``--hyp FILE --ref FILE`` scores existing translations;
+  - ``--checkpoint PATH`` translates first (same decoding flags as ``translate``): ``--src FILE --ref FILE``,
+    or ``--data DIR --split SPLIT`` (see ``admin_ds.inference.scoring.split_text`` for where its text comes
+    from; the JSON says which under ``"text_from"``).
+
+The JSON result (printed, and written atomically with ``--output``) holds ``bleu``, ``chrf``, ``signature``
+(BLEU's), ``chrf_signature``, ``n_sentences``, and when translating the decoding settings and timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from admin_ds.cli.args import add_options, options_from_args
+from admin_ds.errors import UserError
+from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.scoring import score, split_text, translate_and_score
+from admin_ds.io import check_output_path, read_text_lines, write_output_text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hyp", help="translations to score (skips translating)")
+    parser.add_argument("--ref", help="reference translations, one a line")
+    parser.add_argument("--checkpoint", help="translate with this checkpoint, then score")
+    parser.add_argument("--data", help="prepared data directory holding the split to translate")
+    parser.add_argument("--split", default="test", help="split of --data to translate")
+    parser.add_argument("--src", help="source text to translate (instead of the split's)")
+    parser.add_argument("--output", help="also write the JSON result here")
+    parser.add_argument("--write-hyp", metavar="FILE", help="also write the translations here")
+    parser.add_argument("--tokenize", help="sacrebleu BLEU tokenizer (default: sacrebleu's, 13a)")
+    add_options(parser, DecodingConfig, "decoding")
+
+
+def _texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
+    """(sources, references, where they came from) for --checkpoint."""
+    if args.src or args.ref:
+        if not (args.src and args.ref):
+            raise UserError("--src and --ref go together")
+        return read_text_lines(args.src, "--src"), read_text_lines(args.ref, "--ref"), "files"
+    if args.data:
+        return split_text(args.data, args.split)
+    raise UserError("--checkpoint needs --data DIR (with --split) or --src FILE --ref FILE")
+
+
+def main(args: argparse.Namespace) -> int:
+    for path, flag in ((args.output, "--output"), (args.write_hyp, "--write-hyp")):
+        if path:
+            check_output_path(path, flag)
+    if args.hyp:
+        if args.checkpoint or args.src or args.data:
+            raise UserError("--hyp scores existing translations; it cannot be combined with "
+                            "--checkpoint, --src or --data")
+        if not args.ref:
+            raise UserError("--hyp needs --ref FILE")
+        result = score(read_text_lines(args.hyp, "--hyp"), read_text_lines(args.ref, "--ref"), args.tokenize)
+    elif args.checkpoint:
+        sources, references, text_from = _texts(args)
+        result, hypotheses = translate_and_score(args.checkpoint, options_from_args(DecodingConfig, args),
+                                                 sources, references, args.tokenize, args.data)
+        result.update(text_from=text_from, split=None if args.src else args.split)
+        if args.write_hyp:
+            write_output_text(args.write_hyp, "".join(h + "\n" for h in hypotheses))
+    else:
+        raise UserError("give --hyp FILE --ref FILE, or --checkpoint PATH with --data DIR or --src/--ref")
+    text = json.dumps(result, indent=2) + "\n"
+    print(text, end="")
+    if args.output:
+        write_output_text(args.output, text)
+    return 0

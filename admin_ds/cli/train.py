@@ -1,0 +1,43 @@
+"""``admin-ds train``: train with DeepSpeed.
+
+Also runs as ``python -m admin_ds.train ...``, ``deepspeed --num_gpus N --module admin_ds.train ...``,
+``torchrun --nproc_per_node N -m admin_ds.train ...`` and under ``srun``; it accepts DeepSpeed's own
+``--deepspeed_config`` and the launcher's ``--local_rank``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+from admin_ds.cli.args import (
+    add_data_options,
+    add_model_options,
+    add_options,
+    data_config_from_args,
+    model_choice_from_args,
+    options_from_args,
+)
+from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
+from admin_ds.training.engine import add_deepspeed_arguments
+from admin_ds.training.loop import setup_logging, train
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    add_data_options(parser)
+    add_options(parser, TrainConfig, "training")
+    add_deepspeed_arguments(parser)
+
+
+def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, ModelChoice, Optional[str]]:
+    """What ``Trainer`` / ``train`` take, from the parsed flags."""
+    return (options_from_args(TrainConfig, args), data_config_from_args(args), model_choice_from_args(args),
+            getattr(args, "deepspeed_config", None))
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
+    train(*run_configs(args))
+    return 0

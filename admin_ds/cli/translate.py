@@ -1,0 +1,46 @@
+"""``admin-ds translate``: beam search over a text file, one sentence a line, output in input order.
+
+Empty input lines give empty output lines; with ``--nbest N`` every input line gives N consecutive output
+lines, best first. The sentencepiece model is found as ``admin_ds.checkpoints.rundir.find_spm`` says:
+``--spm`` (and ``--tgt-spm``), else ``--data``'s, else beside the checkpoint or its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from admin_ds.cli.args import add_options, options_from_args
+from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.translate import load_translator, translate_with
+from admin_ds.io import check_output_path, read_text_lines, write_output_text
+
+log = logging.getLogger("admin_ds")
+
+PROGRESS_MIN_LINES = 200  # below this a progress bar is noise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="anything admin_ds.load_model accepts (export or DeepSpeed directory)")
+    parser.add_argument("--input", default="-", help="text to translate, one sentence a line (- is stdin)")
+    parser.add_argument("--output", default="-", help="where to write translations (- is stdout)")
+    parser.add_argument("--nbest", type=int, default=1, help="write this many hypotheses per line, best first")
+    parser.add_argument("--data", help="prepared data directory whose sentencepiece model(s) to use")
+    add_options(parser, DecodingConfig, "decoding")
+
+
+def main(args: argparse.Namespace) -> int:
+    decoding = options_from_args(DecodingConfig, args).validate()
+    lines = read_text_lines(args.input, "--input")
+    check_output_path(args.output, "--output")
+    model, tokenizer, tgt_tokenizer = load_translator(args.checkpoint, decoding, args.data)
+    start = time.perf_counter()
+    hyps = translate_with(model, tokenizer, tgt_tokenizer, lines, decoding, nbest=args.nbest,
+                          progress=None if len(lines) >= PROGRESS_MIN_LINES else False)
+    elapsed = time.perf_counter() - start
+    write_output_text(args.output, "".join(text + "\n" for sentence in hyps for text, _ in sentence))
+    log.info("translated %d lines in %.1f s (%.1f sentences/s)", len(lines), elapsed,
+             len(lines) / max(elapsed, 1e-9))
+    return 0

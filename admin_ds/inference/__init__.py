@@ -1,0 +1,1 @@
+"""Inference: beam search with incremental decoding, translating text, scoring with sacrebleu."""

@@ -1,0 +1,34 @@
+"""Decoding settings shared by ``translate`` and ``evaluate``: one dataclass, validated at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from admin_ds.errors import UserError
+from admin_ds.options import option
+
+
+@dataclass
+class DecodingConfig:
+    """How to search, batch, tokenise and where to run."""
+
+    beam: int = option(5, help="beam size; 1 is greedy search")
+    lenpen: float = option(1.0, help="length penalty: score = sum log p / len^lenpen")
+    max_len_a: float = option(1.2, help="generate at most a * src_len + b tokens: a")
+    max_len_b: int = option(10, help="see --max-len-a: b")
+    max_tokens: int = option(4096, help="padded source tokens per batch")
+    spm: Optional[str] = option(None, help="sentencepiece model (default: found beside the checkpoint)")
+    tgt_spm: Optional[str] = option(None, help="target sentencepiece model when the vocabularies are separate")
+    device: Optional[str] = option(None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    fp16: bool = option(False, help="decode in float16 (GPU)")
+    bf16: bool = option(False, help="decode in bfloat16")
+
+    def validate(self) -> DecodingConfig:
+        if self.beam < 1:
+            raise UserError(f"--beam must be at least 1, got {self.beam}")
+        if self.max_tokens < 1:
+            raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.fp16 and self.bf16:
+            raise UserError("choose one of --fp16 and --bf16")
+        return self

@@ -1,0 +1,76 @@
+"""Scoring translations with sacrebleu (BLEU and chrF, with their signatures), and the text of a split.
+
+The source and reference text of a prepared dataset's split come from the raw text files it names in
+meta.json as ``"raw": {SPLIT: {"src": path, "tgt": path}}`` (relative to DIR), or, failing that, from the
+binarised split itself, decoded with the dataset's sentencepiece models. The latter is detokenised text
+(after sentencepiece's normalisation, without pairs ``prepare`` dropped), so its BLEU is not comparable
+with published figures; ``split_text`` says which one it used.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from admin_ds.data import ParallelDataset, load_meta
+from admin_ds.errors import UserError
+from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.translate import load_tokenizer, load_translator, translate_with
+from admin_ds.io import read_text_lines
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str], tokenize: Optional[str] = None) -> dict:
+    """Corpus BLEU and chrF of ``hypotheses`` against one reference each, with sacrebleu's signatures."""
+    if len(hypotheses) != len(references):
+        raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references; "
+                        "line N of one must correspond to line N of the other")
+    bleu = BLEU(tokenize=tokenize) if tokenize else BLEU()
+    chrf = CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
+    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {
+        "bleu": bleu_score.score,
+        "chrf": chrf_score.score,
+        "signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_detail": str(bleu_score),
+        "n_sentences": len(hypotheses),
+    }
+
+
+def split_text(data: str, split: str) -> tuple[list[str], list[str], str]:
+    """(source lines, reference lines, where they came from) of a prepared dataset's split."""
+    info = load_meta(data)  # checks that DIR is a prepared dataset
+    meta = json.loads((info.data_dir / "meta.json").read_text(encoding="utf-8"))
+    raw = (meta.get("raw") or {}).get(split)
+    if raw:
+        src = read_text_lines(str(info.data_dir / raw["src"]), f"meta.json raw {split} src")
+        ref = read_text_lines(str(info.data_dir / raw["tgt"]), f"meta.json raw {split} tgt")
+        return src, ref, "raw"
+    dataset = ParallelDataset.load(data, split)
+    src_tok = load_tokenizer(info.src_spm_path)
+    tgt_tok = src_tok if info.tgt_spm_path == info.src_spm_path else load_tokenizer(info.tgt_spm_path)
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return ([src_tok.decode(src.tolist()) for src, _ in pairs],
+            [tgt_tok.decode(tgt.tolist()) for _, tgt in pairs], "binarised")
+
+
+def translate_and_score(checkpoint: str, decoding: DecodingConfig, sources: Sequence[str],
+                        references: Sequence[str], tokenize: Optional[str] = None,
+                        data: Optional[str] = None) -> tuple[dict, list[str]]:
+    """Translate ``sources`` with ``checkpoint`` and score them; (the result dict, the translations)."""
+    if len(sources) != len(references):
+        raise UserError(f"{len(sources)} source lines but {len(references)} references")
+    model, tokenizer, tgt_tokenizer = load_translator(checkpoint, decoding.validate(), data)
+    start = time.perf_counter()
+    hyps = translate_with(model, tokenizer, tgt_tokenizer, sources, decoding, progress=None)
+    elapsed = time.perf_counter() - start
+    hypotheses = [sentence[0][0] for sentence in hyps]
+    result = {**score(hypotheses, references, tokenize), "checkpoint": str(checkpoint), "beam": decoding.beam,
+              "lenpen": decoding.lenpen, "translate_seconds": round(elapsed, 3),
+              "sentences_per_second": round(len(sources) / max(elapsed, 1e-9), 2)}
+    return result, hypotheses

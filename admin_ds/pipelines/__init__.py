@@ -1,0 +1,1 @@
+"""Pipelines: whole flows that string the other rooms together (the demo)."""

@@ -1,0 +1,121 @@
+"""What a training run is told: the data and batching, the model choice, the loop's options.
+
+One dataclass per concern, each validated on its own; ``admin_ds.cli.args`` builds the flags from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from admin_ds.data import DataInfo
+from admin_ds.errors import UserError
+from admin_ds.model import ModelConfig, preset_config
+from admin_ds.options import option
+
+OPTIMIZERS = ("adam", "adamw", "radam")
+
+
+def parse_betas(text: str) -> tuple[float, float]:
+    """"0.9,0.98" -> (0.9, 0.98): the flag's type for Adam's betas."""
+    try:
+        beta1, beta2 = (float(x) for x in text.strip("()[] ").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like '0.9,0.98', got {text!r}") from None
+    return beta1, beta2
+
+
+@dataclass
+class DataConfig:
+    """Which prepared dataset, how it is cut into batches, and the run's seed."""
+
+    data: str = option(help="a directory written by `admin-ds prepare`")
+    max_tokens: int = option(4096, help="tokens per batch and rank, padding included")
+    seed: int = option(1, help="seed for initialisation, dropout and batch order")
+
+    def validate(self) -> DataConfig:
+        if self.max_tokens < 1:
+            raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be non-negative, got {self.seed}")
+        return self
+
+
+@dataclass
+class ModelChoice:
+    """A preset plus the fields given on the command line; the data decides vocabularies and special ids."""
+
+    arch: str = "admin-6-6"
+    overrides: dict = field(default_factory=dict)  # ModelConfig field -> value; None means "the preset's"
+
+    def resolve(self, data_info: Optional[DataInfo] = None) -> ModelConfig:
+        """The preset, then the vocabulary of the prepared data, then explicit flags, validated."""
+        overrides = {k: v for k, v in self.overrides.items() if v is not None}
+        if data_info is not None:
+            ids = data_info.special_ids
+            overrides.update(src_vocab_size=data_info.src_vocab_size, tgt_vocab_size=data_info.tgt_vocab_size,
+                             share_all_embeddings=data_info.joint_vocab, pad_id=ids.pad, bos_id=ids.bos,
+                             eos_id=ids.eos)
+            overrides.setdefault("max_positions", max(data_info.max_positions + 2, 8))
+        return preset_config(self.arch, **overrides)
+
+
+@dataclass
+class TrainConfig:
+    """Training-loop options."""
+
+    save_dir: str = option(help="run directory: checkpoints, metrics.jsonl, omega.profile, tensorboard/")
+    max_steps: Optional[int] = option(None, help="stop after this many optimizer updates")
+    max_epochs: Optional[int] = option(None, help="stop after this many epochs")
+    max_minutes: Optional[float] = option(None, help="stop (and save) after this much training time, e.g. "
+                                                     "inside a SLURM time limit")
+    save_interval: int = option(1000, help="save a checkpoint every N updates")
+    keep_last: int = option(5, help="keep the newest K checkpoints")
+    validate_interval: Optional[int] = option(None, help="validation loss every N updates (default: at every "
+                                                         "save; 0 = never)")
+    log_interval: int = option(10, help="log every N updates")
+    lr: float = option(5e-4, help="peak learning rate after warm-up")
+    warmup_updates: int = option(4000, help="linear warm-up, then inverse square root")
+    warmup_init_lr: float = option(1e-7, help="learning rate at update 0")
+    optimizer: str = option("adam", help="torch.optim optimizer, used when the DeepSpeed config has no "
+                                         "optimizer section", choices=OPTIMIZERS)
+    adam_betas: tuple[float, float] = option((0.9, 0.98), help="Adam betas, e.g. 0.9,0.98", type=parse_betas)
+    weight_decay: float = option(0.0, help="weight decay of the optimizer")
+    clip_norm: float = option(0.0, help="gradient clipping (0 = off; Admin needs none)")
+    label_smoothing: float = option(0.1, help="label smoothing ε of the cross-entropy")
+    omega_profile: Optional[str] = option(None, help="read ω from this profile file instead of profiling on "
+                                                     "rank 0")
+    profile_dropout: bool = option(True, help="profile ω with dropout off (deterministic) instead of in "
+                                              "training mode", flags=("--profile-no-dropout",))
+    zero_init: bool = option(False, help="ZeRO-3: build the model partitioned (deepspeed.zero.Init)")
+    resume: bool = option(True, help="start afresh even if --save-dir holds a checkpoint", flags=("--no-resume",))
+    tensorboard: bool = option(True, help="write no TensorBoard scalars", flags=("--no-tensorboard",))
+    valid_split: str = option("valid", help="split of --data that validation reads")
+
+    def validate(self) -> TrainConfig:
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise UserError("give --max-steps, --max-epochs or --max-minutes: training needs an end")
+        for name in ("max_steps", "max_epochs", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("save_interval", "keep_last", "log_interval"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.validate_interval is not None and self.validate_interval < 0:
+            raise UserError(f"--validate-interval must be >= 0, got {self.validate_interval}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.warmup_updates < 0:
+            raise UserError(f"--warmup-updates must be >= 0, got {self.warmup_updates}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_norm < 0:
+            raise UserError(f"--clip-norm must be >= 0, got {self.clip_norm}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)

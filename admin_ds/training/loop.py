@@ -1,0 +1,319 @@
+"""The training loop of ``admin-ds train``.
+
+Order of events: join the process group; read the data; build the model (partitioned under --zero-init);
+``deepspeed.initialize``; resume from ``latest`` if there is one (ω comes back with the weights), else for
+an Admin model run the rank-0 ω hook on the first batch (or read --omega-profile); then train, logging
+on rank 0, validating and saving every N updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from admin_ds.checkpoints.rundir import (
+    DS_CONFIG,
+    OMEGA_PROFILE,
+    latest_tag,
+    prunable,
+    rng_state_file,
+    step_tag,
+    write_run_config,
+)
+from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
+from admin_ds.errors import UserError
+from admin_ds.io import write_json_atomic
+from admin_ds.model import OmegaProfile, TranslationModel
+from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
+from admin_ds.training.engine import (
+    all_reduce_sum,
+    barrier,
+    broadcast_from_rank0,
+    engine_step_info,
+    finish_distributed,
+    init_distributed,
+    initialize,
+    load_checkpoint,
+    local_grad_norm,
+    model_init_context,
+    omega_hook,
+    omega_profile,
+    precision,
+    read_ds_config,
+    save_checkpoint,
+    zero_stage,
+)
+from admin_ds.training.metrics import MetricsWriter
+from admin_ds.training.schedule import inverse_sqrt_schedule
+from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
+from admin_ds.training.state import rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("admin_ds")
+
+_LOSS, _NLL, _TOKENS = range(3)  # one tensor, so that a single all_reduce sums all three
+
+
+class TokenSums:
+    """Sums of the loss, the NLL and the target tokens over batches. They stay on the device, so adding a
+    batch never waits for the host; ``totals`` reads them (summed over ranks) at log steps only."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, loss_sum: torch.Tensor, nll_sum: torch.Tensor, tokens: int) -> None:
+        self.sums[_LOSS] += loss_sum.detach()
+        self.sums[_NLL] += nll_sum.detach()
+        self.sums[_TOKENS] += tokens
+
+    def totals(self) -> dict[str, float]:
+        """Per-token loss and NLL, and the token count, over all ranks; then starts again from zero."""
+        summed = all_reduce_sum(self.sums, self.device)
+        self.sums.zero_()
+        tokens = max(summed[_TOKENS].item(), 1.0)
+        return {"loss": summed[_LOSS].item() / tokens, "nll": summed[_NLL].item() / tokens, "tokens": tokens}
+
+
+def epoch_batches(data: BatchIterator, finished: Callable[[], bool]) -> Iterator[Batch]:
+    """Batches epoch after epoch until ``finished()``. The sampler moves to the next epoch by itself at the
+    end of each pass (and reshuffles from (seed, epoch)), so nothing here advances the epoch: advancing it
+    here too once skipped every other epoch."""
+    while not finished():
+        yield from data
+
+
+class Trainer:
+    """One training run; ``run()`` trains until the configured end and leaves a checkpoint."""
+
+    def __init__(self, train: TrainConfig, data: DataConfig, model: ModelChoice,
+                 deepspeed_config_path: Optional[str] = None):
+        # Everything a user can get wrong is checked before any process joins the group.
+        self.cfg = train.validate()
+        self.data_cfg = data.validate()
+        self.save_dir = Path(self.cfg.save_dir)
+        self.data_info = load_meta(data.data)
+        self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
+        self.model_cfg = checkpointing_from_config(
+            resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
+            model.overrides.get("checkpoint_every"))
+        self.given_profile = self._read_profile_file()
+        self.rank, self.world, self.device = init_distributed()
+        seed_everything(data.seed)
+        self.engine = self._build_engine()
+        self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
+                                              seed=data.seed, rank=self.rank, world_size=self.world)
+        self.valid_data = self._valid_data()
+        self.step = 0
+        self.grad_norm: Optional[float] = None
+        self.metrics: Optional[MetricsWriter] = None
+        self.started = time.perf_counter()
+
+    # --- set-up ---------------------------------------------------------------------------------------
+    def _build_engine(self):
+        with model_init_context(self.ds_config, self.cfg.zero_init):
+            model = TranslationModel(self.model_cfg)
+        optimizer = build_optimizer(model, self.cfg, self.ds_config)
+        schedule = None if "scheduler" in self.ds_config else inverse_sqrt_schedule(
+            self.cfg.warmup_updates, self.cfg.lr, self.cfg.warmup_init_lr)
+        return initialize(model, self.ds_config, optimizer, schedule)
+
+    def _valid_data(self) -> Optional[BatchIterator]:
+        if self.cfg.valid_split not in self.data_info.split_sizes or self.cfg.validate_interval == 0:
+            return None
+        return BatchIterator.build(ParallelDataset.load(self.data_cfg.data, self.cfg.valid_split),
+                                   self.data_cfg.max_tokens, rank=self.rank, world_size=self.world, shuffle=False)
+
+    def _read_profile_file(self) -> Optional[OmegaProfile]:
+        if not self.cfg.omega_profile:
+            return None
+        if self.model_cfg.residual != "admin":
+            raise UserError("--omega-profile needs --residual admin")
+        return OmegaProfile.read(self.cfg.omega_profile).check_fits(
+            self.model_cfg.encoder_layers, self.model_cfg.decoder_layers, self.cfg.omega_profile)
+
+    @property
+    def model(self) -> TranslationModel:
+        return self.engine.module
+
+    @property
+    def is_admin(self) -> bool:
+        return self.model_cfg.residual == "admin"
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save(self) -> None:
+        """DeepSpeed's collective save plus our client state and this rank's RNG streams; then prune."""
+        tag = step_tag(self.step)
+        client_state = {"step": self.step, "data": self.train_data.state_dict(),
+                        "model_config": self.model_cfg.to_dict(),
+                        "omega": omega_profile(self.engine).to_text() if self.is_admin else None}
+        # Dropout streams differ per rank; DeepSpeed saves client_state from rank 0 only. Written before
+        # DeepSpeed's save, which publishes the tag in `latest`: a checkpoint `latest` names has them.
+        rng_file = rng_state_file(self.save_dir, tag, self.rank)
+        rng_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), rng_file)
+        save_checkpoint(self.engine, self.save_dir, tag, client_state)
+        barrier()
+        if self.rank == 0:
+            for old in prunable(self.save_dir, self.cfg.keep_last):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def try_resume(self) -> bool:
+        """Continue from the checkpoint ``latest`` names: weights (ω among them), optimizer, schedule, the
+        data position and every rank's RNG streams. Returns False when there is none (or --no-resume)."""
+        if not self.cfg.resume or latest_tag(self.save_dir) is None:
+            return False
+        client_state = load_checkpoint(self.engine, self.save_dir)
+        if client_state is None:
+            raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
+        self.step = int(client_state["step"])
+        self.train_data.load_state_dict(client_state["data"])
+        rng_file = rng_state_file(self.save_dir, step_tag(self.step), self.rank)
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        else:
+            log.warning("%s is missing: this rank's random streams start afresh (the resume is not exact)",
+                        rng_file)
+        log.info("resumed from %s at step %d", rng_file.parent, self.step)
+        return True
+
+    # --- Admin ----------------------------------------------------------------------------------------
+    def init_omega(self, first_batch: Batch) -> None:
+        """The rank-0 hook: before the first optimizer step, every rank gets rank 0's ω."""
+        if not self.is_admin:
+            return
+        start = time.perf_counter()
+        profile = omega_hook(self.engine, first_batch.src_tokens, first_batch.tgt_input,
+                             dropout=self.cfg.profile_dropout, profile=self.given_profile)
+        if self.rank == 0:
+            profile.write(self.save_dir / OMEGA_PROFILE)
+            source = self.cfg.omega_profile or "rank 0's first batch"
+            log.info("%s (from %s, %.2f s)", profile.summary(), source, time.perf_counter() - start)
+
+    # --- validation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.engine.eval()
+        sums = TokenSums(self.device)
+        for batch in self.valid_data:
+            batch = batch.to(self.device)
+            loss, nll = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
+                                    label_smoothing=self.cfg.label_smoothing)
+            sums.add(loss, nll, batch.ntokens)
+        self.engine.train()
+        totals = sums.totals()
+        return {"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
+                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))}
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        resumed = self.try_resume()
+        self._start_records()
+        needs_omega = not resumed
+        window = TokenSums(self.device)
+        self.started = self._window_start = time.perf_counter()
+        for batch in epoch_batches(self.train_data, self.finished):
+            batch = batch.to(self.device)
+            if needs_omega:
+                self.init_omega(batch)
+                needs_omega = False
+            if not self._train_step(batch, window):
+                continue  # gradient accumulation: no update yet
+            self._after_update(window)
+            if self.finished():
+                break
+        self._finish()
+
+    def _train_step(self, batch: Batch, window: TokenSums) -> bool:
+        """Forward, backward and DeepSpeed's step for one micro-batch; True at an optimizer update."""
+        loss_sum, nll_sum = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
+                                        label_smoothing=self.cfg.label_smoothing)
+        self.engine.backward(loss_sum / batch.ntokens)
+        # Ask before step(): afterwards DeepSpeed answers for the next micro-batch.
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary and (self.step + 1) % self.cfg.log_interval == 0:
+            self.grad_norm = local_grad_norm(self.engine)
+        self.engine.step()
+        window.add(loss_sum, nll_sum, batch.ntokens)
+        return boundary
+
+    def _after_update(self, window: TokenSums) -> None:
+        """Count the update; log, validate and save when they are due."""
+        self.step += 1
+        if self.metrics is not None:
+            self.metrics.advance()
+        if self.step % self.cfg.log_interval == 0 or self.step == self.cfg.max_steps:
+            self._log(window, time.perf_counter() - self._window_start)
+            self._window_start = time.perf_counter()
+        validate_every = self.cfg.validate_interval or self.cfg.save_interval
+        if self.valid_data is not None and self.step % validate_every == 0:
+            self._write(self.validate())
+        if self.step % self.cfg.save_interval == 0:
+            self.save()
+
+    def finished(self) -> bool:
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return True
+        if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
+            return True
+        return self.cfg.max_minutes is not None and self._out_of_time()
+
+    def _out_of_time(self) -> bool:
+        """Rank 0's clock decides, so that every rank stops after the same update."""
+        late = torch.tensor([float(time.perf_counter() - self.started > 60.0 * self.cfg.max_minutes)])
+        return bool(broadcast_from_rank0(late.to(self.device)).item())
+
+    def _finish(self) -> None:
+        if self.step % self.cfg.save_interval != 0:
+            self.save()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # --- records --------------------------------------------------------------------------------------
+    def _start_records(self) -> None:
+        """Rank 0 writes the run's configs and opens metrics.jsonl; every rank waits for it."""
+        if self.rank == 0:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(self.save_dir, self.model_cfg.to_dict(), self.cfg.to_dict(), self.data_cfg.data,
+                             self.data_cfg.seed, self.world)
+            write_json_atomic(self.save_dir / DS_CONFIG, self.ds_config)
+            self.metrics = MetricsWriter(self.save_dir, self.cfg.max_steps, self.step, self.cfg.tensorboard)
+            log.info("model: %s, %.1fM parameters, ZeRO-%d, %s, %d rank(s)", self.model_cfg.residual,
+                     sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters()) / 1e6,
+                     zero_stage(self.ds_config), precision(self.ds_config), self.world)
+        barrier()
+
+    def _log(self, window: TokenSums, seconds: float) -> None:
+        totals = window.totals()
+        row = {"step": self.step, "loss": totals["loss"], "nll": totals["nll"],
+               **engine_step_info(self.engine, self.grad_norm),
+               "tokens_per_s": totals["tokens"] / max(seconds, 1e-9), "epoch": self.train_data.epoch}
+        self._write(row)
+
+    def _write(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(row)
+
+
+def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    # DeepSpeed's INFO lines would drown ours; its warnings still show.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
+          deepspeed_config_path: Optional[str] = None) -> Path:
+    """Run one training (on every rank of the launch) and return its run directory."""
+    trainer = Trainer(train, data, model, deepspeed_config_path)
+    try:
+        trainer.run()
+    finally:
+        finish_distributed()
+    return trainer.save_dir

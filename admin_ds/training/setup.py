@@ -1,0 +1,62 @@
+"""Turning a run's configs into what DeepSpeed is given: its config dict, the optimizer, the model config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from admin_ds.checkpoints.rundir import TRAIN_CONFIG, latest_tag
+from admin_ds.data import DataInfo
+from admin_ds.io import read_json_object
+from admin_ds.model import ModelConfig
+from admin_ds.training.config import ModelChoice, TrainConfig
+
+# DeepSpeed computes the global gradient norm (which we log) only when clipping is on; a bound that is
+# never reached multiplies gradients by exactly 1, so this clips nothing.
+NO_CLIP = 1e12
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+
+
+def deepspeed_config(user_config: dict, cfg: TrainConfig) -> dict:
+    """The user's DeepSpeed config (or {} for plain fp32 ZeRO-0) with what our flags decide filled in."""
+    config = dict(user_config)
+    if "train_micro_batch_size_per_gpu" not in config and "train_batch_size" not in config:
+        # Batches are built by tokens, not rows; DeepSpeed only uses this for its own bookkeeping.
+        config["train_micro_batch_size_per_gpu"] = 1
+    if cfg.clip_norm > 0:
+        config["gradient_clipping"] = cfg.clip_norm
+    elif "gradient_clipping" not in config:
+        config["gradient_clipping"] = NO_CLIP
+    if "optimizer" in config:
+        config["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+    config.setdefault("steps_per_print", 10 ** 9)  # our own logging replaces DeepSpeed's
+    return config
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> Optional[torch.optim.Optimizer]:
+    """A torch.optim optimizer, unless the DeepSpeed config defines one (FusedAdam on GPU)."""
+    if "optimizer" in config:
+        return None
+    return OPTIMIZER_CLASSES[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                            weight_decay=cfg.weight_decay)
+
+
+def resolve_model_config(choice: ModelChoice, save_dir: Path, data_info: DataInfo, resume: bool) -> ModelConfig:
+    """A resumed run rebuilds the model it saved; a new one takes preset + data vocabulary + flags."""
+    saved = save_dir / TRAIN_CONFIG
+    if resume and latest_tag(save_dir) is not None and saved.is_file():
+        return ModelConfig.from_dict(read_json_object(saved, "run config")["model"], source=str(saved))
+    return choice.resolve(data_info)
+
+
+def checkpointing_from_config(model_cfg: ModelConfig, config: dict, flag: Optional[int]) -> ModelConfig:
+    """A DeepSpeed config with an ``activation_checkpointing`` section turns on per-layer checkpointing
+    unless --checkpoint-activations says otherwise. The section's own options (partitioning activations
+    across model-parallel ranks, CPU checkpointing) belong to DeepSpeed's reentrant checkpoint, which
+    drops gradients in this model (docs/deepspeed.md); the model uses torch's non-reentrant one."""
+    if flag is None and "activation_checkpointing" in config and model_cfg.checkpoint_every == 0:
+        return dataclasses.replace(model_cfg, checkpoint_every=1)
+    return model_cfg

@@ -1,0 +1,76 @@
+"""The architecture rules the layout promises (docs/architecture.md), checked on the source itself."""
+
+import argparse
+import ast
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from admin_ds.cli import SUBCOMMANDS, build_parser
+
+from launch_util import REPO
+
+PACKAGE = REPO / "admin_ds"
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+ENGINE = PACKAGE / "training" / "engine.py"
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+@pytest.mark.parametrize("tool", ["lint-imports", "ruff"])
+def test_import_contracts_and_lint_hold(tool):
+    """The import-linter contracts of .importlinter (rooms point down, commands independent, one DeepSpeed
+    owner, a pure-torch model, a standalone plain.py) and ruff, as CI runs them."""
+    command = {"lint-imports": [shutil.which("lint-imports") or "lint-imports"],
+               "ruff": [sys.executable, "-m", "ruff", "check", "."]}[tool]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_only_the_engine_touches_deepspeed_and_torch_distributed():
+    """import-linter sees external packages only as a whole (torch, not torch.distributed): this checks
+    the collectives' owner directly."""
+    offenders = [f"{path.relative_to(REPO)}: {module}" for path in SOURCES if path != ENGINE
+                 for module in imported_modules(path)
+                 if module.split(".")[0] == "deepspeed" or module.startswith("torch.distributed")]
+    assert offenders == []
+    assert {"deepspeed", "torch.distributed"} <= set(imported_modules(ENGINE))
+
+
+def test_files_stay_small():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text(encoding="utf-8").splitlines()) for p in SOURCES}
+    assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
+
+
+def test_every_docs_reference_resolves():
+    texts = [p.read_text(encoding="utf-8") for p in [*SOURCES, *REPO.glob("tests/**/*.py"), *REPO.glob("bench/*"),
+                                                      REPO / "README.md", *REPO.glob("docs/*.md")] if p.is_file()]
+    cited = {match for text in texts for match in re.findall(r"docs/[\w.-]+\.md", text)}
+    assert cited, "nothing cites docs/: the pattern is wrong"
+    assert sorted(name for name in cited if not (REPO / name).is_file()) == []
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_help_shows_every_default(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")  # no line wrapping (argparse also breaks lines at hyphens)
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    text = " ".join(sub.format_help().split())
+    shown = 0
+    for action in sub._actions:
+        if (action.help in (None, argparse.SUPPRESS) or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action.default, bool) or action.required):
+            continue
+        assert f"(default: {action.default})" in text, f"{command} {action.option_strings}: no default in --help"
+        shown += 1
+    assert shown or command in ("convert", "average-checkpoints")
