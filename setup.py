@@ -23,6 +23,7 @@ setup(
         "safetensors>=0.8",
         "tqdm>=4.60",
         "tensorboard>=2.12",
+        "matplotlib>=3.5",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "import-linter>=2.1"]},
     entry_points={"console_scripts": ["admin-ds=admin_ds.cli:main"]},

@@ -30,20 +30,24 @@ class MultiheadAttention(nn.Module):
         dropout: attention-probability dropout.
         cross: True for encoder-decoder attention.
         value_gain / out_gain: Xavier gains for the value and output projections (DeepNorm's β).
+        fused_init: initialise query, key and value as one [3D, D] Xavier matrix, as the Admin reference
+            (fairseq's in_proj_weight) does; False draws each [D, D] block on its own, as DeepNorm's
+            reference does (and as its value gain needs).
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, cross: bool = False,
-                 value_gain: float = 1.0, out_gain: float = 1.0):
+                 value_gain: float = 1.0, out_gain: float = 1.0, fused_init: bool = False):
         super().__init__()
         self.nhead = nhead
         self.head_dim = d_model // nhead
         self.dropout = dropout
         self.cross = cross
+        fan_out = 3 * d_model if fused_init else None
         if cross:
-            self.q_proj = Linear(d_model, d_model)
-            self.kv_proj = Linear(d_model, 2 * d_model, gains=(1.0, value_gain))
+            self.q_proj = Linear(d_model, d_model, fan_out=fan_out)
+            self.kv_proj = Linear(d_model, 2 * d_model, gains=(1.0, value_gain), fan_out=fan_out)
         else:
-            self.qkv_proj = Linear(d_model, 3 * d_model, gains=(1.0, 1.0, value_gain))
+            self.qkv_proj = Linear(d_model, 3 * d_model, gains=(1.0, 1.0, value_gain), fan_out=fan_out)
         self.out_proj = Linear(d_model, d_model, gains=(out_gain,))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

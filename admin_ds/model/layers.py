@@ -40,7 +40,8 @@ class EncoderLayer(nn.Module):
                  gain: float = 1.0, dropout: float = 0.1, attention_dropout: float = 0.0,
                  activation_dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, attention_dropout, value_gain=gain, out_gain=gain)
+        self.self_attn = MultiheadAttention(d_model, nhead, attention_dropout, value_gain=gain, out_gain=gain,
+                                            fused_init=scheme != "deepnorm")
         self.self_attn_residual = Residual(d_model, scheme, alpha, dropout, eps)
         self.ffn = FeedForward(d_model, ffn_dim, activation_dropout, gain)
         self.ffn_residual = Residual(d_model, scheme, alpha, dropout, eps)
@@ -65,10 +66,11 @@ class DecoderLayer(nn.Module):
                  gain: float = 1.0, dropout: float = 0.1, attention_dropout: float = 0.0,
                  activation_dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, attention_dropout, value_gain=gain, out_gain=gain)
+        self.self_attn = MultiheadAttention(d_model, nhead, attention_dropout, value_gain=gain, out_gain=gain,
+                                            fused_init=scheme != "deepnorm")
         self.self_attn_residual = Residual(d_model, scheme, alpha, dropout, eps)
         self.cross_attn = MultiheadAttention(d_model, nhead, attention_dropout, cross=True,
-                                             value_gain=gain, out_gain=gain)
+                                             value_gain=gain, out_gain=gain, fused_init=scheme != "deepnorm")
         self.cross_attn_residual = Residual(d_model, scheme, alpha, dropout, eps)
         self.ffn = FeedForward(d_model, ffn_dim, activation_dropout, gain)
         self.ffn_residual = Residual(d_model, scheme, alpha, dropout, eps)

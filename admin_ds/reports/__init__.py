@@ -1,0 +1,1 @@
+"""Reports: figures of training runs, ω profiles and checkpoints (``admin-ds plot``)."""

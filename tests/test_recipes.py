@@ -1,0 +1,39 @@
+"""The paper's 60L-12L recipe: --dry-run prints the commands, and they carry exactly the paper's
+hyper-parameters (Liu et al. 2020, "Very Deep Transformers for NMT"; docs/admin.md)."""
+
+import json
+import shlex
+import subprocess
+
+from admin_ds.cli import build_parser
+from launch_util import REPO, launcher_env
+
+RECIPE = REPO / "launch" / "recipes" / "wmt14_en_fr_admin_60_12.sh"
+
+
+def dry_run(tmp_path) -> list[list[str]]:
+    env = dict(launcher_env(), RAW=str(tmp_path / "raw"), OUT=str(tmp_path / "out"), NUM_GPUS="8")
+    proc = subprocess.run(["bash", str(RECIPE), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists(), "a dry run must not run anything"
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_recipe_dry_run_has_the_papers_hyper_parameters(tmp_path):
+    commands = dry_run(tmp_path)
+    assert [c[0] if c[0] != "admin-ds" else c[1] for c in commands] == [
+        "prepare", "deepspeed", "average-checkpoints", "evaluate", "convert"]
+    train = commands[1]
+    assert train[:3] == ["deepspeed", "--num_gpus", "8"]
+    argv = train[train.index("admin_ds.train") + 1:]
+    args = build_parser("train").parse_args(["train", *argv])
+    assert (args.arch, args.optimizer, args.adam_betas) == ("admin-60-12", "radam", (0.9, 0.98))
+    assert (args.lr, args.warmup_updates, args.clip_norm, args.label_smoothing) == (7e-4, 8000, 0.0, 0.1)
+    assert (args.dropout, args.attention_dropout, args.activation_dropout) == (0.1, 0.1, 0.1)
+    config = json.loads(open(args.deepspeed_config).read())
+    assert "optimizer" not in config, "a config optimizer would replace RAdam with DeepSpeed's Adam"
+    assert config["fp16"]["enabled"] and config["zero_optimization"]["stage"] == 2
+    average, evaluate = commands[2], commands[3]
+    assert average[average.index("--last") + 1] == "10"
+    assert evaluate[evaluate.index("--beam") + 1] == "5" and evaluate[evaluate.index("--lenpen") + 1] == "0.8"
