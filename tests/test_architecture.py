@@ -73,4 +73,4 @@ def test_help_shows_every_default(command, monkeypatch):
             continue
         assert f"(default: {action.default})" in text, f"{command} {action.option_strings}: no default in --help"
         shown += 1
-    assert shown or command in ("convert", "average-checkpoints")
+    assert shown or command in ("convert", "average-checkpoints", "plot")

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 
 from admin_ds.cli import build_parser
+
 from launch_util import REPO, launcher_env
 
 RECIPE = REPO / "launch" / "recipes" / "wmt14_en_fr_admin_60_12.sh"

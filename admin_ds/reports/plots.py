@@ -175,5 +175,5 @@ def plot(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
                            "tokens_per_s.png")]
     written = [path for path in written if path is not None]
     if not written:
-        raise UserError("none of the inputs has anything to plot (no loss rows, no ω)")
+        raise UserError("nothing to plot: none of the inputs has loss rows or ω")
     return written
