@@ -55,3 +55,31 @@ def test_max_epochs_two_trains_two_epochs(tmp_path, synthetic_data):
     # The epoch a row reports is the sampler's at logging time: the last update of epoch 1 is logged
     # before the sampler moves on, so rows 1..per_epoch say 1 and the rest say 2.
     assert [row["epoch"] for row in rows] == [1] * per_epoch + [2] * per_epoch
+
+
+def test_resume_refuses_data_of_another_vocabulary(tmp_path, synthetic_data):
+    from admin_ds.checkpoints.rundir import write_run_config
+    from admin_ds.data import load_meta
+    from admin_ds.errors import UserError
+    from admin_ds.model import preset_config
+    from admin_ds.training.config import ModelChoice
+    from admin_ds.training.setup import resolve_model_config
+
+    info = load_meta(synthetic_data)
+    (tmp_path / "latest").write_text("global_step3")
+    write_run_config(tmp_path, preset_config("admin-tiny").to_dict(), {}, synthetic_data, 1, 1)  # vocab 64
+    with pytest.raises(UserError, match="vocabularies 64/64"):
+        resolve_model_config(ModelChoice("admin-tiny"), tmp_path, info, resume=True)
+    fitting = ModelChoice("admin-tiny").resolve(info)
+    write_run_config(tmp_path, fitting.to_dict(), {}, synthetic_data, 1, 1)
+    assert resolve_model_config(ModelChoice("admin-6-6"), tmp_path, info, resume=True) == fitting
+
+
+def test_collate_refuses_ids_outside_the_datasets_vocabulary():
+    from admin_ds.data import collate
+    from admin_ds.errors import UserError
+
+    pairs = [(np.array([4, 5]), np.array([6])), (np.array([7]), np.array([8, 99]))]
+    collate(pairs, [0, 1], vocab_sizes=(100, 100))
+    with pytest.raises(UserError, match="target sentence holds id 99"):
+        collate(pairs, [0, 1], vocab_sizes=(100, 99))

@@ -36,8 +36,9 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        # nargs == 0: a switch (store_true / store_false), whose default says nothing.
         if (action.default in (None, argparse.SUPPRESS) or action.required or "%(default)" in text
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+                or action.nargs == 0):
             return text
         return super()._get_help_string(action)
 
@@ -61,7 +62,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging() -> None:
-    """Messages on stderr; a launcher's ranks other than 0 keep to warnings (training sets its own)."""
+    """INFO messages on stderr, bare; ``train`` sets its own (rank 0 INFO, the others WARNING)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 

@@ -36,7 +36,7 @@ def _scalar_type(hint: Any) -> Any:
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: Optional[str] = None,
-                overrides: bool = False, skip: tuple[str, ...] = ()) -> None:
+                overrides: bool = False) -> None:
     """Add a flag for every ``option`` field of dataclass ``cls`` (in a group called ``title``).
 
     ``overrides``: every flag defaults to None ("keep what the preset says"); switches become valued flags.
@@ -44,7 +44,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: Optional[str]
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if "help" not in field.metadata or field.name in skip:
+        if "help" not in field.metadata:
             continue
         flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
         kwargs = {"dest": field.name, "help": field.metadata["help"], **field.metadata["argparse"]}
@@ -61,10 +61,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: Optional[str]
         group.add_argument(*flags, **kwargs)
 
 
-def options_from_args(cls: type, args: argparse.Namespace, **values: Any):
-    """An instance of ``cls`` from the parsed flags of its fields (plus ``values``)."""
-    names = [f.name for f in dataclasses.fields(cls) if hasattr(args, f.name) and f.name not in values]
-    return cls(**{name: getattr(args, name) for name in names}, **values)
+def options_from_args(cls: type, args: argparse.Namespace):
+    """An instance of ``cls`` from the parsed flags of its fields, validated (the command line's edge)."""
+    config = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    return config.validate() if hasattr(config, "validate") else config
 
 
 # --- the groups several commands share -------------------------------------------------------------------
@@ -85,4 +85,4 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    return options_from_args(DataConfig, args).validate()
+    return options_from_args(DataConfig, args)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    decoding = options_from_args(DecodingConfig, args).validate()
+    decoding = options_from_args(DecodingConfig, args)
     lines = read_text_lines(args.input, "--input")
     check_output_path(args.output, "--output")
     model, tokenizer, tgt_tokenizer = load_translator(args.checkpoint, decoding, args.data)

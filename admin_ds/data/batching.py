@@ -52,7 +52,8 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int
     """Pad raw (src_ids, tgt_ids) pairs into a Batch, adding EOS to the source and BOS/EOS to the target.
 
     With ``vocab_sizes`` (source, target), ids outside the vocabularies are a UserError here, on the host,
-    where data enters training: the model's forward no longer checks values (that cost host syncs).
+    where data enters training: the model's forward does not check values (that cost host syncs), and
+    ``training.setup.resolve_model_config`` checks once that the model's vocabularies are the data's.
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
@@ -63,8 +64,8 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int
     if vocab_sizes is not None:
         for side, rows, size in (("source", src_tokens, vocab_sizes[0]), ("target", tgt_output, vocab_sizes[1])):
             if rows.size and int(rows.max()) >= size:
-                raise UserError(f"a {side} sentence holds id {int(rows.max())}, outside the vocabulary of "
-                                f"{size}: the dataset and the model do not belong together")
+                raise UserError(f"a {side} sentence holds id {int(rows.max())}, outside the dataset's "
+                                f"vocabulary of {size} (meta.json): the prepared data is corrupt")
     ntokens = int(tgt_lengths.sum()) + len(examples)  # every target row also predicts EOS
     return Batch(torch.from_numpy(src_tokens), torch.from_numpy(tgt_input), torch.from_numpy(tgt_output),
                  ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)))

@@ -120,10 +120,14 @@ class OmegaProfile:
         return cls(flat[:encoder_sublayers], flat[encoder_sublayers:])
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> OmegaProfile:
-        """Read ω back from a model whose weights are whole (the mean of each vector: trained ω is no longer
-        one constant). Under ZeRO-3 gather them first (``training.engine.omega_profile``)."""
-        values = {stack: [float(r.omega.detach().float().mean()) for r in model.residuals(stack)] for stack in STACKS}
+    def from_model(cls, model: torch.nn.Module,
+                   read: Callable[[torch.nn.Parameter], torch.Tensor] = torch.Tensor.detach) -> OmegaProfile:
+        """Read ω back from a model: the mean of each ω vector (trained ω is no longer one constant).
+
+        ``read`` turns a parameter into its whole value; the default suits a model whose weights are whole.
+        Under DeepSpeed pass one that gathers partitions (``training.engine.omega_profile``). The mean is
+        taken in float64: an fp32 mean of equal values can land one ulp off the value itself."""
+        values = {stack: [read(r.omega).double().mean().item() for r in model.residuals(stack)] for stack in STACKS}
         return cls(values["encoder"], values["decoder"])
 
     def targets(self, model: torch.nn.Module) -> Iterator[tuple[torch.nn.Parameter, float]]:

@@ -55,8 +55,7 @@ def omega_of_checkpoint(path: Path) -> OmegaProfile:
     model = load_model(path)
     if model.cfg.residual != "admin":
         raise UserError(f"{path}: a {model.cfg.residual} model has no ω to plot")
-    return OmegaProfile(*([r.omega.detach().double().mean().item() for r in model.residuals(stack)]
-                          for stack in ("encoder", "decoder")))
+    return OmegaProfile.from_model(model)
 
 
 def read_input(path: Path) -> Series:
@@ -76,7 +75,8 @@ def read_input(path: Path) -> Series:
 
 def _looks_like_text(path: Path) -> bool:
     """A profile file is short text; checkpoints and weight files are binary."""
-    head = path.read_bytes()[:4096]
+    with open(path, "rb") as handle:  # only the head: a checkpoint file can be gigabytes
+        head = handle.read(4096)
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:

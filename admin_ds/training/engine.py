@@ -21,7 +21,7 @@ from deepspeed.accelerator import get_accelerator
 
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
-from admin_ds.model import OmegaProfile, TranslationModel, profile_omega
+from admin_ds.model import OmegaProfile, profile_omega
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -303,8 +303,4 @@ def omega_profile(engine) -> OmegaProfile:
     ω lives in the weights only; profiles written into checkpoints and run directories are read back from
     them here. Under ZeRO-3 a rank holds only a shard of each ω, so the whole vector is gathered first
     (every rank must call this)."""
-    model: TranslationModel = engine.module
-    # float64 mean: an fp32 mean of equal values can land one ulp off the value itself.
-    stacks = {stack: [full_parameter(engine, r.omega).double().mean().item() for r in model.residuals(stack)]
-              for stack in ("encoder", "decoder")}
-    return OmegaProfile(stacks["encoder"], stacks["decoder"])
+    return OmegaProfile.from_model(engine.module, read=lambda param: full_parameter(engine, param))

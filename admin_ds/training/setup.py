@@ -10,6 +10,7 @@ import torch
 
 from admin_ds.checkpoints.rundir import TRAIN_CONFIG, latest_tag
 from admin_ds.data import DataInfo
+from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import ModelConfig
 from admin_ds.training.config import ModelChoice, TrainConfig
@@ -47,9 +48,15 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> O
 def resolve_model_config(choice: ModelChoice, save_dir: Path, data_info: DataInfo, resume: bool) -> ModelConfig:
     """A resumed run rebuilds the model it saved; a new one takes preset + data vocabulary + flags."""
     saved = save_dir / TRAIN_CONFIG
-    if resume and latest_tag(save_dir) is not None and saved.is_file():
-        return ModelConfig.from_dict(read_json_object(saved, "run config")["model"], source=str(saved))
-    return choice.resolve(data_info)
+    if not (resume and latest_tag(save_dir) is not None and saved.is_file()):
+        return choice.resolve(data_info)
+    cfg = ModelConfig.from_dict(read_json_object(saved, "run config")["model"], source=str(saved))
+    wanted = (data_info.src_vocab_size, data_info.tgt_vocab_size)
+    if (cfg.src_vocab_size, cfg.tgt_vocab_size) != wanted:
+        raise UserError(f"{save_dir} holds a model of vocabularies {cfg.src_vocab_size}/{cfg.tgt_vocab_size}, but "
+                        f"--data {data_info.data_dir} has {wanted[0]}/{wanted[1]}: resume with the data it was "
+                        "trained on, or pass --no-resume")
+    return cfg
 
 
 def checkpointing_from_config(model_cfg: ModelConfig, config: dict, flag: Optional[int]) -> ModelConfig:
