@@ -38,3 +38,39 @@ def test_recipe_dry_run_has_the_papers_hyper_parameters(tmp_path):
     average, evaluate = commands[2], commands[3]
     assert average[average.index("--last") + 1] == "10"
     assert evaluate[evaluate.index("--beam") + 1] == "5" and evaluate[evaluate.index("--lenpen") + 1] == "0.8"
+
+
+CPU_RECIPE = REPO / "launch" / "recipes" / "tatoeba_de_en_cpu.sh"
+
+
+def cpu_dry_run(tmp_path, **env_extra) -> subprocess.CompletedProcess:
+    env = dict(launcher_env(), OUT=str(tmp_path / "out"), **env_extra)
+    return subprocess.run(["bash", str(CPU_RECIPE), "--dry-run"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cpu_recipe_dry_run_runs_the_whole_flow_on_the_chosen_model(tmp_path):
+    proc = cpu_dry_run(tmp_path, PRECISION="bf16", MINUTES="60")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists(), "a dry run must not run anything"
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [c[1] for c in commands] == ["prepare", "train", "average-checkpoints", "evaluate", "evaluate",
+                                        "evaluate", "evaluate", "convert", "plot"]
+    args = build_parser("train").parse_args(commands[1][1:])
+    assert (args.arch, args.residual, args.max_minutes, args.max_tokens) == ("admin-small", "admin", 60.0, 4096)
+    config = json.loads(open(args.deepspeed_config).read())
+    assert config["bf16"]["enabled"]
+    evaluations = commands[3:7]
+    assert all(c[c.index("--beam") + 1] == "5" for c in evaluations)
+    refs = [c[c.index("--ref") + 1] for c in evaluations]
+    assert [r.rsplit("/", 1)[-1] for r in refs] == ["dev.en", "dev.en", "test.en", "newstest2014.eng"]
+
+
+def test_cpu_recipe_falls_back_to_fp32_and_refuses_an_unknown_precision(tmp_path):
+    proc = cpu_dry_run(tmp_path, PRECISION="fp32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = next(shlex.split(line) for line in proc.stdout.splitlines() if " train " in line)
+    args = build_parser("train").parse_args(train[1:])
+    assert "bf16" not in json.loads(open(args.deepspeed_config).read())
+    bad = cpu_dry_run(tmp_path, PRECISION="fp8")
+    assert bad.returncode == 2 and "PRECISION must be bf16 or fp32" in bad.stderr

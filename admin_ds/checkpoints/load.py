@@ -7,7 +7,8 @@
     ZeRO-1/2/3 keep the fp32 master weights in one ``*_optim_states.pt`` shard per rank, read one at a time);
   - a state dict file (.pt/.bin/.safetensors, or a folder holding one) such as DeepSpeed's zero_to_fp32.py
     writes, with its model config from ``config=`` or a train_config.json up to two folders above.
-Only DeepSpeed training directories need deepspeed installed (their pickles hold DeepSpeed objects).
+Nothing beyond tensors is unpickled (pickles.py): the DeepSpeed objects in its optimizer shards are read as
+inert records, so no checkpoint can run code here, and none needs deepspeed installed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from admin_ds.checkpoints.exports import (
     read_plain_export,
     safetensors_items,
 )
+from admin_ds.checkpoints.pickles import torch_load
 from admin_ds.checkpoints.rundir import TRAIN_CONFIG
-from admin_ds.checkpoints.zero import is_deepspeed_dir, read_deepspeed_checkpoint, torch_load
+from admin_ds.checkpoints.zero import is_deepspeed_dir, read_deepspeed_checkpoint
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
 
@@ -64,7 +66,7 @@ def read_state_dict_file(path: Path, config: Optional[ModelConfig] = None) -> tu
                 with torch.no_grad():
                     filler.target(name, shape).copy_(load())
             continue
-        state = torch_load(file, weights_only=True)
+        state = torch_load(file)
         if isinstance(state, dict) and isinstance(state.get("module"), dict):
             state = state["module"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -17,24 +17,14 @@ from typing import Optional
 
 import torch
 
-from admin_ds.checkpoints.exports import WeightFiller, find_model_config, first_line
+from admin_ds.checkpoints.exports import WeightFiller, find_model_config
+from admin_ds.checkpoints.pickles import torch_load
 from admin_ds.checkpoints.rundir import LATEST, TRAIN_CONFIG, latest_tag
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
 
 
 # --- DeepSpeed files ----------------------------------------------------------------------------------
-def torch_load(file: Path, weights_only: bool = False):
-    """torch.load memory-mapped (only what is read becomes resident), with one-line errors."""
-    try:
-        return torch.load(file, map_location="cpu", mmap=True, weights_only=weights_only)
-    except ModuleNotFoundError as err:
-        raise UserError(f"cannot read {file}: it needs the module {err.name!r} (DeepSpeed checkpoints "
-                        "need deepspeed installed)") from None
-    except Exception as err:  # truncated archives, pickles of unknown objects, ...
-        raise UserError(f"cannot read {file} ({first_line(err)})") from None
-
-
 def model_states_file(directory: Path) -> Optional[Path]:
     for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
         if (directory / name).is_file():

@@ -43,13 +43,20 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other error here (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The full parser of ``command``; the others get only their one-line help.
 
     Importing a command module can be slow (``train`` imports DeepSpeed), so only the one that runs is
     imported.
     """
-    parser = argparse.ArgumentParser(prog="admin-ds", description="Very deep Admin Transformers with DeepSpeed.")
+    parser = OneLineParser(prog="admin-ds", description="Very deep Admin Transformers with DeepSpeed.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in SUBCOMMANDS.items():

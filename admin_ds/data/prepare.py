@@ -144,6 +144,7 @@ def _tokenizers(config: PrepareConfig, tmp_dir: Path) -> tuple[Tokenizer, Tokeni
     if config.spm_model is not None:
         given = {"src": config.spm_model, "tgt": config.spm_model_tgt or config.spm_model}
         for side in ("src", "tgt"):
+            Tokenizer(given[side])  # refused, if it must be, under the name the user gave
             shutil.copyfile(given[side], tmp_dir / names[side])
     elif config.separate_vocab:
         for side, path in (("src", src_path), ("tgt", tgt_path)):

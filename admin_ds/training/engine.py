@@ -8,6 +8,8 @@ the training loop talks to DeepSpeed and to the other ranks only through the fun
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
 import socket
 from contextlib import nullcontext
@@ -19,6 +21,8 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from admin_ds.checkpoints.exports import first_line
+from admin_ds.checkpoints.pickles import DEEPSPEED_GLOBALS, load_weights_only
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import OmegaProfile, profile_omega
@@ -121,6 +125,55 @@ def read_ds_config(path: Optional[str]) -> dict:
     return read_json_object(Path(path), "DeepSpeed config")
 
 
+class _KeysRead(dict):
+    """A config dict that records which top-level keys its reader asked for."""
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key, *default):
+        self.read.add(key)
+        return super().get(key, *default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def check_ds_config(config: dict) -> None:
+    """Refuse, in one line, a DeepSpeed config that DeepSpeed would reject with a traceback, or that holds a
+    top-level key DeepSpeed never reads (a misspelt ``zero_optimization`` would silently mean ZeRO-0).
+
+    DeepSpeed's own parser is the judge: the config is parsed as ``deepspeed.initialize`` will parse it,
+    and the keys it looked up are, by definition, the ones this DeepSpeed version knows."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    seen = _KeysRead(config)
+    try:
+        DeepSpeedConfig(seen)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"DeepSpeed config: {err.title}.{where}: {first['msg']} "
+                        f"(got {first.get('input')!r})") from None
+    except Exception as err:  # DeepSpeed's own asserts and errors about values
+        raise UserError(f"DeepSpeed config: {first_line(err)}") from None
+    unknown = sorted(set(config) - seen.read)
+    if unknown:
+        named = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(seen.read), n=1)
+            named.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UserError(f"DeepSpeed config: unknown key {', '.join(named)}; DeepSpeed {deepspeed.__version__} "
+                        "would ignore it")
+
+
 def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
@@ -149,7 +202,29 @@ def initialize(model: torch.nn.Module, config: dict, optimizer=None, lr_schedule
         config.setdefault("zero_allow_untested_optimizer", True)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
                                            optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
+    _load_weights_only(engine)
     return engine
+
+
+def _load_weights_only(engine) -> None:
+    """DeepSpeed's checkpoint engine unpickles with ``weights_only=False``: a crafted checkpoint would run
+    code on resume. Its ``load`` is replaced by the weights-only one, allowing DeepSpeed's own objects."""
+    allowed = _deepspeed_classes()
+
+    def load(path: str, map_location: Any = None) -> Any:
+        return load_weights_only(path, allowed=allowed, map_location=map_location)
+
+    engine.checkpoint_engine.load = load
+
+
+def _deepspeed_classes() -> list:
+    classes = []
+    for name in DEEPSPEED_GLOBALS:
+        module, attribute = name.rsplit(".", 1)
+        found = getattr(importlib.import_module(module), attribute, None)
+        if found is not None:  # a class another DeepSpeed version lacks is refused by name when met
+            classes.append(found)
+    return classes
 
 
 # --- Admin's ω into the weights DeepSpeed owns ---------------------------------------------------------

@@ -8,6 +8,7 @@ on rank 0, validating and saving every N updates.
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import time
@@ -18,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from admin_ds.checkpoints.pickles import check_weights_only, torch_load
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
@@ -29,13 +31,14 @@ from admin_ds.checkpoints.rundir import (
 )
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError
-from admin_ds.io import write_json_atomic
+from admin_ds.io import write_bytes_atomic, write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
 from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
     all_reduce_sum,
     barrier,
     broadcast_from_rank0,
+    check_ds_config,
     engine_step_info,
     finish_distributed,
     init_distributed,
@@ -100,11 +103,12 @@ class Trainer:
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
+        self.rank, self.world, self.device = init_distributed()
+        check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
             model.overrides.get("checkpoint_every"))
         self.given_profile = self._read_profile_file()
-        self.rank, self.world, self.device = init_distributed()
         seed_everything(data.seed)
         self.engine = self._build_engine()
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
@@ -157,7 +161,9 @@ class Trainer:
         # DeepSpeed's save, which publishes the tag in `latest`: a checkpoint `latest` names has them.
         rng_file = rng_state_file(self.save_dir, tag, self.rank)
         rng_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), rng_file)
+        buffer = io.BytesIO()
+        torch.save(rng_state(), buffer)
+        write_bytes_atomic(rng_file, buffer.getvalue())
         save_checkpoint(self.engine, self.save_dir, tag, client_state)
         barrier()
         if self.rank == 0:
@@ -167,16 +173,18 @@ class Trainer:
     def try_resume(self) -> bool:
         """Continue from the checkpoint ``latest`` names: weights (ω among them), optimizer, schedule, the
         data position and every rank's RNG streams. Returns False when there is none (or --no-resume)."""
-        if not self.cfg.resume or latest_tag(self.save_dir) is None:
+        tag = latest_tag(self.save_dir) if self.cfg.resume else None
+        if tag is None:
             return False
-        client_state = load_checkpoint(self.engine, self.save_dir)
+        _check_resumable(self.save_dir / tag)
+        client_state = load_checkpoint(self.engine, self.save_dir, tag)
         if client_state is None:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])
         self.train_data.load_state_dict(client_state["data"])
         rng_file = rng_state_file(self.save_dir, step_tag(self.step), self.rank)
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            _restore_rng(rng_file)
         else:
             log.warning("%s is missing: this rank's random streams start afresh (the resume is not exact)",
                         rng_file)
@@ -218,6 +226,7 @@ class Trainer:
         needs_omega = not resumed
         window = TokenSums(self.device)
         self.started = self._window_start = time.perf_counter()
+        first_step = self.step
         for batch in epoch_batches(self.train_data, self.finished):
             batch = batch.to(self.device)
             if needs_omega:
@@ -228,7 +237,7 @@ class Trainer:
             self._after_update(window)
             if self.finished():
                 break
-        self._finish()
+        self._finish(window, updated=self.step > first_step)
 
     def _train_step(self, batch: Batch, window: TokenSums) -> bool:
         """Forward, backward and DeepSpeed's step for one micro-batch; True at an optimizer update."""
@@ -269,7 +278,13 @@ class Trainer:
         late = torch.tensor([float(time.perf_counter() - self.started > 60.0 * self.cfg.max_minutes)])
         return bool(broadcast_from_rank0(late.to(self.device)).item())
 
-    def _finish(self) -> None:
+    def _finish(self, window: TokenSums, updated: bool) -> None:
+        """The last update gets its training row, validation and checkpoint, whatever ended the run."""
+        if updated and self.step % self.cfg.log_interval != 0 and self.step != self.cfg.max_steps:
+            self._log(window, time.perf_counter() - self._window_start)
+        validate_every = self.cfg.validate_interval or self.cfg.save_interval
+        if updated and self.valid_data is not None and self.step % validate_every != 0:
+            self._write(self.validate())
         if self.step % self.cfg.save_interval != 0:
             self.save()
         if self.metrics is not None:
@@ -298,7 +313,7 @@ class Trainer:
 
     def _write(self, row: dict) -> None:
         if self.metrics is not None:
-            self.metrics.write(row)
+            self.metrics.write({**row, "elapsed_s": round(time.perf_counter() - self.started, 2)})
 
 
 def setup_logging(rank: int) -> None:
@@ -317,3 +332,21 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
     finally:
         finish_distributed()
     return trainer.save_dir
+
+
+def _check_resumable(tag_dir: Path) -> None:
+    """Every file of the checkpoint loads weights-only (checkpoints/pickles.py), checked by every rank."""
+    try:
+        check_weights_only(tag_dir)
+    except UserError as err:
+        if "rng_state_rank" not in str(err):
+            raise
+        raise UserError(f"{err}; if an older admin-ds wrote it (pickled numpy state), delete the run's "
+                        "rng_state_rank*.pt files to resume without the exact random streams") from None
+
+
+def _restore_rng(rng_file: Path) -> None:
+    try:
+        set_rng_state(torch_load(rng_file, mmap=False))
+    except UserError as err:
+        raise UserError(f"{rng_file}: {err}") from None
