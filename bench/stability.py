@@ -147,7 +147,37 @@ def plot(results: dict, out: Path, runs_dir: Path) -> None:
     saves = [runs_dir / name for name in results["runs"]]
     for path in plot_runs(saves, out / "stability-curves"):
         print(f"wrote {path}")
+    plot_study(results, runs_dir, out)
     plot_output_change(results["output_change"], out)
+
+
+def plot_study(results: dict, runs_dir: Path, out: Path) -> None:
+    """One panel per model, one colour per scheme: validation loss (dots) over the faint training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from admin_ds.reports.plots import read_metrics
+
+    models = list(results["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), sharey=True, squeeze=False)
+    colors = dict(zip(SCHEMES, plt.get_cmap("tab10").colors))
+    for name, entry in results["runs"].items():
+        ax = axes[0][models.index(entry["model"])]
+        rows = read_metrics(runs_dir / name / "metrics.jsonl")
+        for key, style, alpha in (("loss", "-", 0.35), ("valid_loss", "o-", 1.0)):
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            ax.plot(*zip(*points), style, color=colors[entry["scheme"]], alpha=alpha, markersize=3,
+                    label=entry["scheme"] if key == "valid_loss" else None)
+    for ax, model in zip(axes[0], models):
+        ax.set(title=model, xlabel="update")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel("loss per target token (dots: validation)")
+    fig.savefig(out / "stability.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {out / 'stability.png'}")
 
 
 def plot_output_change(change: dict, out: Path) -> None:
@@ -183,6 +213,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models and few updates: a smoke run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "stability", help="data and run directories")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the JSON and PNGs go")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the figures from the results JSON and the run directories, training nothing")
     parser.add_argument("--only-output-change", action="store_true",
                         help="part 2 alone (minutes): output_change.json and output_change.png")
     args = parser.parse_args()
@@ -190,6 +222,9 @@ def main() -> int:
         raise SystemExit(f"needs Tatoeba de-en at {TATOEBA}")
     recipe = QUICK if args.quick else FULL
     name = "stability-quick" if args.quick else "stability"
+    if args.replot:
+        plot(json.loads((args.out / f"{name}.json").read_text()), args.out / name, args.work / "runs")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = prepare_data(args.work, recipe)

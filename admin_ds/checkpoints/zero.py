@@ -80,6 +80,9 @@ def read_deepspeed_checkpoint(path: Path, tag: Optional[str] = None,
     shards = sorted(tag_dir.glob("*_optim_states.pt"))
     info = {"source": str(tag_dir), "tag": tag_dir.name, "step": states.get("step"),
             "world_size": states.get("dp_world_size"), "zero_stage": 0}
+    if not shards and states.get("param_shapes"):
+        raise UserError(f"{tag_dir}: its optimizer shards (*_optim_states.pt), which hold the fp32 weights, are "
+                        "missing")
     if not shards:  # ZeRO-0: the model states hold the weights themselves
         for name, tensor in states["module"].items():
             filler.copy(name, tensor)

@@ -53,9 +53,8 @@ def _step(number: int, text: str) -> float:
     return time.perf_counter()
 
 
-def _raw_prefixes(cfg: DemoConfig, workdir: Path) -> dict[str, Path]:
-    if cfg.data is None:
-        return write_synthetic_corpus(workdir / "text")
+def _real_prefixes(cfg: DemoConfig) -> dict[str, Path]:
+    """The --data corpus's split prefixes, checked before anything is written."""
     data = Path(cfg.data)
     prefixes = {split: data / split for split in ("train", "valid", "test")}
     if not (data / f"valid.{cfg.source_lang}").exists() and (data / f"dev.{cfg.source_lang}").exists():
@@ -83,11 +82,12 @@ def _read_test(prefix: Path, lang: str, lines: int) -> list[str]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the five steps and print what each made; returns the test scores."""
+    real = _real_prefixes(cfg) if cfg.data is not None else None
     workdir = _fresh_workdir(cfg)
     start = time.perf_counter()
 
     t = _step(1, "corpus and sentencepiece")
-    prefixes = _raw_prefixes(cfg, workdir)
+    prefixes = real or write_synthetic_corpus(workdir / "text")
     data_dir = workdir / "data"
     meta = prepare(PrepareConfig(train_prefix=prefixes["train"], valid_prefix=prefixes["valid"],
                                  test_prefix=prefixes["test"], source_lang=cfg.source_lang,

@@ -108,21 +108,26 @@ def _save(fig, out_dir: Path, name: str) -> Path:
 
 
 def plot_losses(series: list[Series], out_dir: Path) -> Optional[Path]:
+    """One colour per run: training loss thin and faint, validation loss dashed with dots."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
     drawn = False
-    for s in series:
-        for key, style, what in (("loss", "-", "train"), ("valid_loss", "o--", "valid")):
+    for index, s in enumerate(series):
+        labelled = False
+        for key, style, width, alpha in (("valid_loss", "o--", 1.6, 1.0), ("loss", "-", 1.0, 0.45)):
             steps, values = _curve(s.rows, key)
             if steps:
-                ax.plot(steps, values, style, markersize=3, label=f"{s.label} {what}")
-                drawn = True
+                ax.plot(steps, values, style, color=colors[index % len(colors)], linewidth=width, alpha=alpha,
+                        markersize=3, label=None if labelled else s.label)
+                drawn = labelled = True
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="update", ylabel="label-smoothed loss per target token", title="Training and validation loss")
+    ax.set(xlabel="update", ylabel="label-smoothed loss per target token",
+           title="Loss: training (thin) and validation (dashed, dots)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2 if len(series) > 6 else 1)
     return _save(fig, out_dir, "loss.png")
 
 

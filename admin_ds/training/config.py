@@ -98,7 +98,7 @@ class TrainConfig:
             raise UserError("give --max-steps, --max-epochs or --max-minutes: training needs an end")
         for name in ("max_steps", "max_epochs", "max_minutes"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and (value <= 0 if name == "max_minutes" else value < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("save_interval", "keep_last", "log_interval"):
             if getattr(self, name) < 1:

@@ -54,7 +54,13 @@ run admin-ds train --data "$OUT/data" --save-dir "$OUT/checkpoints" --deepspeed_
   --arch admin-small --residual admin --dropout 0.1 --attention-dropout 0.1 --activation-dropout 0.1 \
   --max-tokens 4096 --lr 1e-3 --warmup-updates 500 --label-smoothing 0.1 --max-minutes "$MINUTES" \
   --save-interval 200 --keep-last 5 --validate-interval 200 --log-interval 50 "$@"
-run admin-ds average-checkpoints --save-dir "$OUT/checkpoints" --last 5 --output "$OUT/averaged" --force
+# The last 5 checkpoints (fewer when a short MINUTES left fewer).
+LAST=5
+if (( ! DRY_RUN )); then
+  SAVED=$(find "$OUT/checkpoints" -maxdepth 1 -name 'global_step*' -type d | wc -l)
+  LAST=$(( SAVED < LAST ? SAVED : LAST ))
+fi
+run admin-ds average-checkpoints --save-dir "$OUT/checkpoints" --last "$LAST" --output "$OUT/averaged" --force
 
 # The test sets are scored once, with the model that dev chose.
 score "$OUT/checkpoints" "$RAW/dev.de" "$RAW/dev.en" "$OUT/dev_last.json"
