@@ -41,7 +41,6 @@ class FilteredChunk:
     src: EncodedSide  # [kept] sentences
     tgt: EncodedSide
     dropped: dict[str, int] = field(default_factory=dict)
-    text_pairs: int = 0  # pairs with text on both sides (kept or too long)
 
     @property
     def num_examples(self) -> int:
@@ -80,8 +79,7 @@ def filter_pairs(src_lines: Sequence[str], tgt_lines: Sequence[str], src: Encode
         # Expand the per-sentence keep mask to a per-token mask to select tokens without a Python loop.
         return EncodedSide(side.tokens[np.repeat(keep, side.lengths)], side.lengths[keep])
 
-    return FilteredChunk(kept(src), kept(tgt), dropped={"empty": int(empty.sum()), "too_long": int(too_long.sum())},
-                         text_pairs=int((src_text & tgt_text).sum()))
+    return FilteredChunk(kept(src), kept(tgt), dropped={"empty": int(empty.sum()), "too_long": int(too_long.sum())})
 
 
 class IndexedWriter:

@@ -1,6 +1,7 @@
 """Preparing a corpus (`admin-ds prepare`): parallel text in, a prepared dataset directory out.
 
-Steps: check the settings, the output rules and that every input file exists; train a SentencePiece model
+Steps: check the settings, the output rules, that every input file exists and that the training split has a
+pair with text on both sides (read up to the first one); train a SentencePiece model
 on (a sample of at most `--spm-sentences` sentences of) the training split, joint by default, or reuse a
 given one; then stream every split chunk by chunk: read both sides, check UTF-8 and that the sides stay
 aligned, encode with SentencePiece's threads, drop empty and over-long pairs (counted per reason) and append
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -121,12 +123,21 @@ def prepare(config: PrepareConfig) -> dict:
     for name, prefix in config.splits.items():
         for path in parallel_paths(prefix, config.source_lang, config.target_lang):
             check_exists(path, f"--{name}-prefix")
-    # Content checks (UTF-8, aligned sides, some usable text) happen while streaming; a failure there
-    # discards the temporary directory, so a bad input still leaves nothing behind.
+    if not _has_text_pair(config):
+        raise UserError(f"the training split {config.train_prefix} has no pair with text on both sides")
+    # The other content checks (UTF-8, aligned sides) happen while streaming; a failure there discards the
+    # temporary directory, so a bad input still leaves nothing behind.
     with atomic_directory(out_dir, force=True) as tmp_dir:  # _check_output applied --force's rules
         meta = _build(config, tmp_dir)
     logger.info("%s", summary(meta, out_dir))
     return meta
+
+
+def _has_text_pair(config: PrepareConfig) -> bool:
+    """Whether some training pair has text on both sides; reads up to the first one only (normally line 1)."""
+    with closing(read_parallel_chunks(config.train_prefix, config.source_lang, config.target_lang,
+                                      binarize.CHUNK_LINES)) as chunks:
+        return any(src and tgt for src_lines, tgt_lines, _ in chunks for src, tgt in zip(src_lines, tgt_lines))
 
 
 def _check_output(out_dir: Path, force: bool) -> None:
@@ -208,7 +219,7 @@ def _encode_split(config: PrepareConfig, name: str, prefix: Path, tokenizers: tu
                   dtype: np.dtype, tmp_dir: Path, progress: _Progress) -> dict:
     """Stream one split into SPLIT.LANG.bin/.idx in `tmp_dir`; returns its `meta.json` entry."""
     dropped = dict.fromkeys(layout.DROP_REASONS, 0)
-    lines = text_pairs = 0
+    lines = 0
     with IndexedWriter(layout.token_file(tmp_dir, name, config.source_lang),
                        layout.offset_file(tmp_dir, name, config.source_lang)) as src_out, \
             IndexedWriter(layout.token_file(tmp_dir, name, config.target_lang),
@@ -222,10 +233,8 @@ def _encode_split(config: PrepareConfig, name: str, prefix: Path, tokenizers: tu
             tgt_out.append(kept.tgt)
             for reason, count in kept.dropped.items():
                 dropped[reason] += count
-            lines, text_pairs = lines + len(src_lines), text_pairs + kept.text_pairs
+            lines += len(src_lines)
             progress.advance(nbytes, 2 * len(src_lines))
-    if name == "train" and not text_pairs:
-        raise UserError(f"the training split {prefix} has no pair with text on both sides")
     return {"lines": lines, "examples": src_out.num_sentences, "src_tokens": src_out.num_tokens,
             "tgt_tokens": tgt_out.num_tokens, "dropped": dropped}
 
