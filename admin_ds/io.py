@@ -136,19 +136,23 @@ def read_json_or_empty(path: str | os.PathLike) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def decode_lines(data: bytes, name: str, strip: bool = False) -> list[str]:
+def decode_lines(data: bytes, name: str, strip: bool = False, first_line: int = 1, first_byte: int = 0) -> list[str]:
     """UTF-8 bytes -> lines without their line ends (a final newline starts no extra line).
 
-    Invalid UTF-8 is a UserError naming the line; a BOM is dropped. ``str.splitlines`` is not used: it
-    also splits on \\x0b, \\x1c, \\u2028, ..., which may occur inside a sentence. ``strip`` removes the
-    surrounding whitespace of every line, else only a "\\r" before the newline goes.
+    Invalid UTF-8 is a UserError naming the line; a BOM at the start of the file is dropped. ``str.splitlines``
+    is not used: it also splits on \\x0b, \\x1c, \\u2028, ..., which may occur inside a sentence. ``strip``
+    removes the surrounding whitespace of every line, else only a "\\r" before the newline goes.
+    ``first_line`` and ``first_byte`` place ``data`` in its file when it is one chunk of a longer stream, so
+    that errors name the file's line and byte (and a BOM counts only at byte 0).
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise UserError(f"{name}: invalid UTF-8 on line {line} (byte {err.start}: {err.reason})") from None
-    lines = text.removeprefix("\ufeff").split("\n")
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise UserError(f"{name}: invalid UTF-8 on line {line} (byte {first_byte + err.start}: {err.reason})") from None
+    if first_byte == 0:
+        text = text.removeprefix("\ufeff")
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.strip() for line in lines] if strip else [line.rstrip("\r") for line in lines]

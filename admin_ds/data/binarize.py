@@ -3,6 +3,10 @@
 A side of a split is stored as two flat arrays (see `admin_ds.data.meta` for the layout):
     tokens  [total_tokens]  every kept sentence's ids, concatenated
     offsets [n + 1]         int64; sentence i is tokens[offsets[i]:offsets[i + 1]]
+
+`prepare` works on chunks of `CHUNK_LINES` pairs: encode both sides (`encode_chunk`), keep the usable pairs
+(`filter_pairs`) and append them to the files (`IndexedWriter`), so memory depends on the chunk, not on the
+corpus.
 """
 
 from __future__ import annotations
@@ -17,103 +21,94 @@ import numpy as np
 from admin_ds.data.tokenizer import Tokenizer
 from admin_ds.errors import UserError
 
-# Lines per call into SentencePiece: big enough that its thread pool stays busy, small enough that the
-# progress bar moves and that the Python lists of one chunk stay small before they become numpy arrays.
+# Pairs per chunk: big enough that SentencePiece's thread pool stays busy and the per-chunk Python overhead
+# is small, small enough that one chunk's Python lists (about 40 bytes per id) stay at a few tens of MiB.
 CHUNK_LINES = 20_000
 
 
 @dataclass
 class EncodedSide:
-    """One language of a split, encoded: flat ids plus per-sentence lengths."""
+    """One language of a chunk, encoded: flat ids plus per-sentence lengths."""
 
-    tokens: np.ndarray  # [total_tokens], int64
+    tokens: np.ndarray  # [total_tokens], the dataset's id dtype
     lengths: np.ndarray  # [n], int64
 
 
 @dataclass
-class FilteredSplit:
-    """The kept pairs of a split as arrays ready to write, and how many pairs were dropped and why."""
+class FilteredChunk:
+    """The kept pairs of a chunk, and how many pairs were dropped and why."""
 
-    src_tokens: np.ndarray  # [src_total]
-    src_offsets: np.ndarray  # [n + 1], int64
-    tgt_tokens: np.ndarray  # [tgt_total]
-    tgt_offsets: np.ndarray  # [n + 1], int64
+    src: EncodedSide  # [kept] sentences
+    tgt: EncodedSide
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
-        return len(self.src_offsets) - 1
+        return len(self.src.lengths)
 
 
-def encode_lines(tokenizer: Tokenizer, lines: Sequence[str], num_threads: int, progress=None) -> EncodedSide:
-    """Encode sentences in order with `num_threads` SentencePiece threads.
+def encode_chunk(tokenizer: Tokenizer, lines: Sequence[str], num_threads: int, dtype: np.dtype) -> EncodedSide:
+    """Encode sentences in order with `num_threads` SentencePiece threads; ids come back as `dtype`.
 
-    Threads inside SentencePiece instead of a process pool: the C++ encoder releases the GIL, so threads
-    scale like processes here (measured on 2 cores) with no pickling of lines and ids, no model reload per
-    worker and no fork of a process that may hold torch's thread pools.
-
-    Args:
-        progress: an optional tqdm bar, advanced by the number of lines encoded.
+    Threads inside SentencePiece instead of a process pool: the C++ encoder releases the GIL and is ~95% of
+    the CPU time (the conversion to numpy the rest), so threads scale like processes with no pickling of
+    lines and ids (a pool measured 10-15% more CPU time), no model reload per worker and no fork of a process
+    that may hold torch's thread pools. See bench/README.md (bench_prepare_scale.py).
     """
-    token_chunks, length_chunks = [], []
-    for start in range(0, len(lines), CHUNK_LINES):
-        chunk = lines[start : start + CHUNK_LINES]
-        ids = tokenizer.encode_batch(chunk, num_threads=num_threads)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        token_chunks.append(
-            np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        )
-        length_chunks.append(lengths)
-        if progress is not None:
-            progress.update(len(chunk))
-    if not length_chunks:
-        return EncodedSide(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    return EncodedSide(np.concatenate(token_chunks), np.concatenate(length_chunks))
+    ids = tokenizer.encode_batch(lines, num_threads=num_threads)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return EncodedSide(tokens, lengths)
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
-
-
-def filter_pairs(
-    src_lines: Sequence[str],
-    tgt_lines: Sequence[str],
-    src: EncodedSide,
-    tgt: EncodedSide,
-    max_positions: int,
-    dtype: np.dtype,
-) -> FilteredSplit:
+def filter_pairs(src_lines: Sequence[str], tgt_lines: Sequence[str], src: EncodedSide, tgt: EncodedSide,
+                 max_positions: int) -> FilteredChunk:
     """Keep the pairs a model can use; count the others per reason.
 
     A pair is dropped as "empty" when either side is empty (as text or as ids) and as "too_long" when
     either side needs more than `max_positions` positions; the model adds one token (EOS to the source,
     BOS to the target input), so a side of L ids needs L + 1 positions.
     """
-    src_empty = np.fromiter((not line for line in src_lines), dtype=bool, count=len(src_lines))
-    tgt_empty = np.fromiter((not line for line in tgt_lines), dtype=bool, count=len(tgt_lines))
-    empty = src_empty | tgt_empty | (src.lengths == 0) | (tgt.lengths == 0)
+    src_text = np.fromiter(map(bool, src_lines), dtype=bool, count=len(src_lines))
+    tgt_text = np.fromiter(map(bool, tgt_lines), dtype=bool, count=len(tgt_lines))
+    empty = ~src_text | ~tgt_text | (src.lengths == 0) | (tgt.lengths == 0)
     too_long = ~empty & ((src.lengths + 1 > max_positions) | (tgt.lengths + 1 > max_positions))
     keep = ~(empty | too_long)
 
-    def kept(side: EncodedSide) -> tuple[np.ndarray, np.ndarray]:
+    def kept(side: EncodedSide) -> EncodedSide:
         # Expand the per-sentence keep mask to a per-token mask to select tokens without a Python loop.
-        tokens = side.tokens[np.repeat(keep, side.lengths)].astype(dtype)
-        return tokens, _offsets(side.lengths[keep])
+        return EncodedSide(side.tokens[np.repeat(keep, side.lengths)], side.lengths[keep])
 
-    src_tokens, src_offsets = kept(src)
-    tgt_tokens, tgt_offsets = kept(tgt)
-    return FilteredSplit(
-        src_tokens, src_offsets, tgt_tokens, tgt_offsets,
-        dropped={"empty": int(empty.sum()), "too_long": int(too_long.sum())},
-    )
+    return FilteredChunk(kept(src), kept(tgt), dropped={"empty": int(empty.sum()), "too_long": int(too_long.sum())})
 
 
-def write_indexed(tokens: np.ndarray, offsets: np.ndarray, token_path: Path, offset_path: Path) -> None:
-    """Write one side as raw arrays: tokens in their own dtype, offsets as int64."""
-    tokens.tofile(token_path)
-    offsets.astype(np.int64).tofile(offset_path)
+class IndexedWriter:
+    """Appends sentences to one side's .bin (ids in their dtype) and .idx (int64 offsets, starting at 0).
+
+    Use as a context manager; `num_sentences` and `num_tokens` count what was appended.
+    """
+
+    def __init__(self, token_path: Path, offset_path: Path):
+        self._tokens, self._offsets = open(token_path, "wb"), open(offset_path, "wb")
+        self.num_sentences, self.num_tokens = 0, 0
+        np.zeros(1, dtype=np.int64).tofile(self._offsets)
+
+    def append(self, side: EncodedSide) -> None:
+        """Write the sentences of `side` after those already written."""
+        side.tokens.tofile(self._tokens)
+        (self.num_tokens + np.cumsum(side.lengths, dtype=np.int64)).tofile(self._offsets)
+        self.num_sentences += len(side.lengths)
+        self.num_tokens += int(side.lengths.sum())
+
+    def close(self) -> None:
+        self._tokens.close()
+        self._offsets.close()
+
+    def __enter__(self) -> IndexedWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_indexed(token_path: Path, offset_path: Path, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
