@@ -189,7 +189,9 @@ def plot_output_change(change: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for scheme, values in change["mean_squared_change"].items():
-        ax.plot(change["depths"], [values[d] for d in change["depths"]], "o-", label=scheme)
+        # depths are int keys when just measured, str keys when read back from the JSON
+        ax.plot(change["depths"], [values.get(d, values.get(str(d))) for d in change["depths"]], "o-",
+                label=scheme)
     ax.set(xlabel="layers (encoder = decoder)", ylabel="mean |ΔF|² after one update",
            title=f"Output change at initialisation (sign step {change['lr']})")
     ax.set_yscale("log")

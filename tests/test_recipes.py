@@ -5,6 +5,8 @@ import json
 import shlex
 import subprocess
 
+import pytest
+
 from admin_ds.cli import build_parser
 
 from launch_util import REPO, launcher_env
@@ -74,3 +76,18 @@ def test_cpu_recipe_falls_back_to_fp32_and_refuses_an_unknown_precision(tmp_path
     assert "bf16" not in json.loads(open(args.deepspeed_config).read())
     bad = cpu_dry_run(tmp_path, PRECISION="fp8")
     assert bad.returncode == 2 and "PRECISION must be bf16 or fp32" in bad.stderr
+
+
+@pytest.mark.parametrize("script, first", [("train_single_node.sh", "deepspeed"), ("train_multi_node.sh", "deepspeed"),
+                                           ("slurm_train.sbatch", "srun")])
+def test_every_launch_script_dry_runs_the_command_it_would_run(tmp_path, script, first):
+    env = dict(launcher_env(), DATA=str(tmp_path / "data"), SAVE=str(tmp_path / "save"), NUM_GPUS="2",
+               HOSTFILE=str(REPO / "launch" / "hostfile.example"))
+    proc = subprocess.run(["bash", str(REPO / "launch" / script), "--dry-run", "--lr", "3e-4"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = shlex.split(proc.stdout.strip())
+    assert command[0] == first and not (tmp_path / "save").exists()
+    argv = command[command.index("admin_ds.train") + 1:]
+    args = build_parser("train").parse_args(["train", *argv])
+    assert (args.data, args.save_dir, args.lr) == (str(tmp_path / "data"), str(tmp_path / "save"), 3e-4)
