@@ -22,6 +22,14 @@ from admin_ds.errors import UserError
 
 
 # --- writing ---------------------------------------------------------------------------------------------
+def _umask_mode(bits: int) -> int:
+    """``bits`` as open()/mkdir() would leave them: mkstemp/mkdtemp make 0600/0700, which would hide a
+    user's outputs from the rest of their group on a shared cluster."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return bits & ~mask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it into place."""
     target = Path(path)
@@ -29,6 +37,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            os.fchmod(handle.fileno(), _umask_mode(0o666))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,6 +97,7 @@ def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator
         raise UserError(f"cannot write next to {target}: {err.strerror}") from None
     try:
         yield tmp
+        tmp.chmod(_umask_mode(0o777))
         replace_path(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

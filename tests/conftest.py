@@ -1,5 +1,6 @@
 """Shared fixtures: a prepared copy of the built-in synthetic corpus, and the shared real data folder."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Commands run in this process (``cli_main(["train", ...])``) set the rendezvous variables (RANK,
+    MASTER_PORT, ...) in os.environ, and the process group they start keeps that port. A subprocess a
+    later test starts must not inherit them: it would try to listen on the same port."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

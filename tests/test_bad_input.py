@@ -133,6 +133,9 @@ def average_different_architectures(tmp, ctx):
     return ["average-checkpoints", "--inputs", ctx["export"], other, "--output", tmp / "out"]
 
 
+SHALLOW_PROFILE = "1 1.0\n2 1.2\n1 1.0\n2 1.1\n3 1.2\n"  # one layer each; admin-tiny has two
+WORDY_PROFILE = "1 1.0\n2 omega\n1 1.0\n"
+
 CASES = {
     # corpora (prepare)
     "line counts differ": (lambda t, c: prepare_argv(corpus(t, c, train_en=b"one\ntwo\n"), t), "lines"),
@@ -161,9 +164,9 @@ CASES = {
                                                                   "train_micro_batch_size_per_gpu": 1}),
                                            "DeepSpeed config"),
     # ω profiles (train --omega-profile)
-    "profile of another depth": (lambda t, c: train_argv(t, c, "--omega-profile", profile_file(t, "1 1.0\n2 1.2\n")),
+    "profile of another depth": (lambda t, c: train_argv(t, c, "--omega-profile", profile_file(t, SHALLOW_PROFILE)),
                                  "needs"),
-    "profile with a word": (lambda t, c: train_argv(t, c, "--omega-profile", profile_file(t, "1 1.0\n2 omega\n")),
+    "profile with a word": (lambda t, c: train_argv(t, c, "--omega-profile", profile_file(t, WORDY_PROFILE)),
                             "omega"),
     "profile missing": (lambda t, c: train_argv(t, c, "--omega-profile", t / "none.profile"), "none.profile"),
     "profile for post-ln": (lambda t, c: train_argv(t, c, "--residual", "post-ln", "--omega-profile",
@@ -176,7 +179,8 @@ CASES = {
     "export of another architecture": (export_with_other_architecture, "shape"),
     "export with garbage weights": (export_with_garbage_weights, "model.safetensors"),
     "resume with another vocabulary": (resume_with_other_vocabulary, "vocabular"),
-    "average of different architectures": (average_different_architectures, "architecture"),
+    "average with an export whose config does not fit its weights": (average_different_architectures,
+                                                                      "does not fit the model config"),
     "translate a missing checkpoint": (lambda t, c: ["translate", "--checkpoint", t / "none", "--input",
                                                      json_file(t, "in.txt", "a\n"), "--output", t / "out"],
                                        "none"),
