@@ -176,7 +176,7 @@ class Trainer:
         tag = latest_tag(self.save_dir) if self.cfg.resume else None
         if tag is None:
             return False
-        _check_resumable(self.save_dir / tag)
+        check_weights_only(self.save_dir / tag)  # every rank, every file: they all refuse together
         client_state = load_checkpoint(self.engine, self.save_dir, tag)
         if client_state is None:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
@@ -332,17 +332,6 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
     finally:
         finish_distributed()
     return trainer.save_dir
-
-
-def _check_resumable(tag_dir: Path) -> None:
-    """Every file of the checkpoint loads weights-only (checkpoints/pickles.py), checked by every rank."""
-    try:
-        check_weights_only(tag_dir)
-    except UserError as err:
-        if "rng_state_rank" not in str(err):
-            raise
-        raise UserError(f"{err}; if an older admin-ds wrote it (pickled numpy state), delete the run's "
-                        "rng_state_rank*.pt files to resume without the exact random streams") from None
 
 
 def _restore_rng(rng_file: Path) -> None:
