@@ -38,6 +38,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             os.fchmod(handle.fileno(), _umask_mode(0o666))
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data does
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

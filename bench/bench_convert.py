@@ -37,11 +37,12 @@ if mode == "convert":
     from admin_ds.cli import main
     assert main(["convert", *args]) == 0
 elif mode == "deepspeed":
-    from admin_ds.training.engine import zero_fp32_state_dict
+    # DeepSpeed's reader unpickles with weights_only=False: fine for the benchmark's own checkpoints only.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from admin_ds.checkpoints.exports import model_config_from_file
     from admin_ds.model import TranslationModel
     model = TranslationModel(model_config_from_file(args[1]))
-    model.load_state_dict(zero_fp32_state_dict(args[0]))
+    model.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(args[0]))
 elif mode == "deepspeed-lazy":
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from admin_ds.checkpoints.exports import model_config_from_file

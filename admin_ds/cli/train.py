@@ -19,7 +19,7 @@ from admin_ds.cli.args import (
     model_choice_from_args,
     options_from_args,
 )
-from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
+from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import add_deepspeed_arguments
 from admin_ds.training.loop import setup_logging, train
 
@@ -28,13 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_data_options(parser)
     add_options(parser, TrainConfig, "training")
+    add_options(parser, FailureConfig, "failure handling")
     add_deepspeed_arguments(parser)
 
 
-def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, ModelChoice, Optional[str]]:
+def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, ModelChoice, Optional[str],
+                                                   FailureConfig]:
     """What ``Trainer`` / ``train`` take, from the parsed flags."""
     return (options_from_args(TrainConfig, args), data_config_from_args(args), model_choice_from_args(args),
-            getattr(args, "deepspeed_config", None))
+            getattr(args, "deepspeed_config", None), options_from_args(FailureConfig, args))
 
 
 def main(args: argparse.Namespace) -> int:

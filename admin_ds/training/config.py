@@ -119,3 +119,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FailureConfig:
+    """What training does when updates go bad or a rank stops answering (README "Failure handling")."""
+
+    skip_patience: int = option(25, help="this many skipped updates in a row (non-finite loss or gradients, "
+                                         "or an fp16 loss scale at its floor) count as divergence")
+    max_rollbacks: int = option(3, help="on divergence, go back to the last checkpoint with a lower learning "
+                                        "rate at most this often, then stop (0 = stop at once)")
+    rollback_lr_factor: float = option(0.5, help="multiply the learning rate by this at each rollback")
+    dist_timeout_minutes: float = option(30.0, help="a collective that waits longer than this (a rank died "
+                                                    "or hangs) stops the run with an error")
+
+    def validate(self) -> FailureConfig:
+        if self.skip_patience < 1:
+            raise UserError(f"--skip-patience must be positive, got {self.skip_patience}")
+        if self.max_rollbacks < 0:
+            raise UserError(f"--max-rollbacks must be >= 0, got {self.max_rollbacks}")
+        if not 0.0 < self.rollback_lr_factor <= 1.0:
+            raise UserError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
+        if not self.dist_timeout_minutes > 0:
+            raise UserError(f"--dist-timeout-minutes must be positive, got {self.dist_timeout_minutes}")
+        return self

@@ -11,8 +11,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import socket
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,46 +26,29 @@ from admin_ds.checkpoints.pickles import DEEPSPEED_GLOBALS, load_weights_only
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import OmegaProfile, profile_omega
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 # --- processes ----------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def init_distributed(timeout_minutes: Optional[float] = None) -> tuple[int, int, torch.device]:
+    """Join (or create) the process group; returns (rank, world_size, device).
 
-
-def fill_rendezvous_env() -> None:
-    """Make the deepspeed launcher, torchrun, srun and a bare ``python`` look alike to init_distributed.
-
-    torchrun and the deepspeed launcher set RANK/WORLD_SIZE/LOCAL_RANK; srun sets SLURM_* (the SLURM
-    templates export MASTER_ADDR); a bare process gets a one-rank group on a free local port, since
-    without these variables deepspeed falls back to MPI discovery and fails without mpi4py.
-    """
-    env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env:
-        env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
-        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if "RANK" not in env:
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
-    env.setdefault("LOCAL_RANK", "0")
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", "29500")
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join (or create) the process group; returns (rank, world_size, device)."""
+    ``timeout_minutes`` bounds every collective: a rank whose partner died stops with the process group's
+    timeout error instead of waiting forever (torch's default is 30 minutes)."""
     fill_rendezvous_env()
+    # NCCL: abort the communicator on a failed or timed-out collective, so the process exits with it
+    # (torch's default since 2.2; set for older versions and launchers that reset the environment).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     accelerator = get_accelerator()
     if accelerator.device_name() == "cpu":
         # The shared-memory all-reduce op costs a ~25 s compile on first use and plain gloo gives
         # identical results (docs/deepspeed.md); CPU runs are tests and demos, so skip it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+        extra = {}
+        if timeout_minutes is not None:
+            extra["timeout"] = _default_group_timeout(timedelta(minutes=timeout_minutes))
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), **extra)
     local_rank = int(os.environ["LOCAL_RANK"])
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
@@ -75,11 +58,36 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def finish_distributed() -> None:
-    """Barrier then destroy: without it two-rank runs sometimes abort at exit after finishing."""
+def _default_group_timeout(timeout: timedelta) -> timedelta:
+    """Make ``timeout`` the default of every process group, not only of the world group: DeepSpeed builds
+    its own (data parallel, ZeRO) with ``dist.new_group``, which takes torch's module-level default of 30
+    minutes, so a hung peer would hold a ZeRO all-reduce that long (tests/test_rank_death.py)."""
+    c10d = importlib.import_module("torch.distributed.distributed_c10d")
+    c10d.default_pg_timeout = timeout
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
+        c10d.default_pg_nccl_timeout = timeout
+    return timeout
+
+
+def finish_distributed(peers_alive: bool = True) -> None:
+    """Barrier then destroy: without it two-rank runs sometimes abort at exit after finishing. After a
+    collective failed (``peers_alive=False``) there is no one to meet at a barrier: destroy only."""
     if dist.is_initialized():
-        dist.barrier()
+        if peers_alive:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` came out of torch.distributed: a peer died, hangs past the timeout, or the network
+    failed. NCCL raises DistError; gloo a plain RuntimeError, told apart by where it was raised."""
+    if isinstance(err, dist.DistError):
+        return True
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = frame.tb_frame.f_code.co_filename if frame is not None else ""
+    return isinstance(err, RuntimeError) and f"{os.sep}torch{os.sep}distributed{os.sep}" in where
 
 
 def add_deepspeed_arguments(parser) -> None:
@@ -312,8 +320,13 @@ def loss_scale(engine) -> Optional[float]:
 
 
 def save_checkpoint(engine, save_dir: str | os.PathLike, tag: str, client_state: dict) -> None:
-    """DeepSpeed's collective save (model, optimizer, scheduler, loss scaler) plus our ``client_state``."""
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state)
+    """DeepSpeed's collective save (model, optimizer, scheduler, loss scaler) plus our ``client_state``.
+    ``latest`` is left alone: training/saving.py publishes the tag once every rank's files are checked."""
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+
+
+def zero_stage_of(engine) -> int:
+    return int(engine.zero_optimization_stage())
 
 
 def load_checkpoint(engine, save_dir: str | os.PathLike, tag: Optional[str] = None) -> Optional[dict]:
@@ -323,13 +336,6 @@ def load_checkpoint(engine, save_dir: str | os.PathLike, tag: Optional[str] = No
     if path is None:
         return None
     return client_state
-
-
-def zero_fp32_state_dict(checkpoint_dir: str | os.PathLike, tag: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """Consolidated fp32 weights from a ZeRO checkpoint in this (non-distributed) process."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
 
 
 def local_grad_norm(engine) -> Optional[float]:

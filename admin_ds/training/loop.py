@@ -8,9 +8,7 @@ on rank 0, validating and saving every N updates.
 
 from __future__ import annotations
 
-import io
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +17,21 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from admin_ds.checkpoints.exports import first_line
 from admin_ds.checkpoints.pickles import check_weights_only, torch_load
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
     latest_tag,
-    prunable,
     rng_state_file,
     step_tag,
     write_run_config,
 )
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError
-from admin_ds.io import write_bytes_atomic, write_json_atomic
+from admin_ds.io import write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
-from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
+from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
     all_reduce_sum,
     barrier,
@@ -43,20 +41,21 @@ from admin_ds.training.engine import (
     finish_distributed,
     init_distributed,
     initialize,
+    is_collective_failure,
     load_checkpoint,
-    local_grad_norm,
     model_init_context,
     omega_hook,
     omega_profile,
     precision,
     read_ds_config,
-    save_checkpoint,
     zero_stage,
 )
+from admin_ds.training.guard import UpdateGuard, cut_learning_rate
 from admin_ds.training.metrics import MetricsWriter
+from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
-from admin_ds.training.state import rng_state, seed_everything, set_rng_state
+from admin_ds.training.state import seed_everything, set_rng_state
 
 log = logging.getLogger("admin_ds")
 
@@ -96,14 +95,15 @@ class Trainer:
     """One training run; ``run()`` trains until the configured end and leaves a checkpoint."""
 
     def __init__(self, train: TrainConfig, data: DataConfig, model: ModelChoice,
-                 deepspeed_config_path: Optional[str] = None):
+                 deepspeed_config_path: Optional[str] = None, failure: Optional[FailureConfig] = None):
         # Everything a user can get wrong is checked before any process joins the group.
         self.cfg = train.validate()
         self.data_cfg = data.validate()
+        self.failure = (failure or FailureConfig()).validate()
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
-        self.rank, self.world, self.device = init_distributed()
+        self.rank, self.world, self.device = init_distributed(self.failure.dist_timeout_minutes)
         check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
@@ -115,6 +115,8 @@ class Trainer:
                                               seed=data.seed, rank=self.rank, world_size=self.world)
         self.valid_data = self._valid_data()
         self.step = 0
+        self.guard = UpdateGuard(self.failure, self.ds_config)
+        self.rollbacks, self.lr_scale = 0, 1.0  # divergence rollbacks so far, and their learning-rate cut
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
@@ -152,23 +154,13 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def save(self) -> None:
-        """DeepSpeed's collective save plus our client state and this rank's RNG streams; then prune."""
-        tag = step_tag(self.step)
+        """Every rank's share of checkpoint ``global_stepN`` (training/saving.py: checked, then published)."""
         client_state = {"step": self.step, "data": self.train_data.state_dict(),
                         "model_config": self.model_cfg.to_dict(),
-                        "omega": omega_profile(self.engine).to_text() if self.is_admin else None}
-        # Dropout streams differ per rank; DeepSpeed saves client_state from rank 0 only. Written before
-        # DeepSpeed's save, which publishes the tag in `latest`: a checkpoint `latest` names has them.
-        rng_file = rng_state_file(self.save_dir, tag, self.rank)
-        rng_file.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(rng_state(), buffer)
-        write_bytes_atomic(rng_file, buffer.getvalue())
-        save_checkpoint(self.engine, self.save_dir, tag, client_state)
-        barrier()
-        if self.rank == 0:
-            for old in prunable(self.save_dir, self.cfg.keep_last):
-                shutil.rmtree(old, ignore_errors=True)
+                        "omega": omega_profile(self.engine).to_text() if self.is_admin else None,
+                        "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
+        save_run_checkpoint(self.engine, self.save_dir, step_tag(self.step), client_state, self.rank,
+                            self.cfg.keep_last, self.device)
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint ``latest`` names: weights (ω among them), optimizer, schedule, the
@@ -181,6 +173,7 @@ class Trainer:
         if client_state is None:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])
+        self.rollbacks, self.lr_scale = int(client_state.get("rollbacks", 0)), float(client_state.get("lr_scale", 1))
         self.train_data.load_state_dict(client_state["data"])
         rng_file = rng_state_file(self.save_dir, step_tag(self.step), self.rank)
         if rng_file.is_file():
@@ -227,16 +220,20 @@ class Trainer:
         window = TokenSums(self.device)
         self.started = self._window_start = time.perf_counter()
         first_step = self.step
-        for batch in epoch_batches(self.train_data, self.finished):
-            batch = batch.to(self.device)
-            if needs_omega:
-                self.init_omega(batch)
-                needs_omega = False
-            if not self._train_step(batch, window):
-                continue  # gradient accumulation: no update yet
-            self._after_update(window)
-            if self.finished():
-                break
+        while not self.finished():
+            for batch in epoch_batches(self.train_data, self.finished):
+                batch = batch.to(self.device)
+                if needs_omega:
+                    self.init_omega(batch)
+                    needs_omega = False
+                if not self._train_step(batch, window):
+                    continue  # gradient accumulation: no update yet
+                if self._diverged:
+                    self._roll_back(window)
+                    break  # the data position moved back: start its iteration again
+                self._after_update(window)
+                if self.finished():
+                    break
         self._finish(window, updated=self.step > first_step)
 
     def _train_step(self, batch: Batch, window: TokenSums) -> bool:
@@ -246,11 +243,37 @@ class Trainer:
         self.engine.backward(loss_sum / batch.ntokens)
         # Ask before step(): afterwards DeepSpeed answers for the next micro-batch.
         boundary = self.engine.is_gradient_accumulation_boundary()
-        if boundary and (self.step + 1) % self.cfg.log_interval == 0:
-            self.grad_norm = local_grad_norm(self.engine)
+        if boundary:
+            self.grad_norm = self.guard.before_step(self.engine)
         self.engine.step()
+        if boundary:
+            self._diverged = self.guard.after_step(self.engine, self.step + 1)
         window.add(loss_sum, nll_sum, batch.ntokens)
         return boundary
+
+    _diverged = False
+
+    def _roll_back(self, window: TokenSums) -> None:
+        """Back to the checkpoint ``latest`` names with the learning rate cut, or stop (a UserError) when the
+        rollbacks are used up; every rank decides the same (guard.py) and so reloads together."""
+        diverged_at, tag = self.step + 1, latest_tag(self.save_dir)
+        reason = (f"training diverged at update {diverged_at}: {self.guard.in_a_row} update(s) in a row skipped "
+                  f"for non-finite loss or gradients")
+        if tag is None or self.rollbacks >= self.failure.max_rollbacks:
+            kept = f"the last good checkpoint, {self.save_dir / tag}, is intact" if tag else "no checkpoint yet"
+            raise UserError(f"{reason}; {kept} (rollbacks used: {self.rollbacks} of {self.failure.max_rollbacks}). "
+                            "Lower --lr or lengthen --warmup-updates, then run again")
+        rollbacks, lr_scale = self.rollbacks + 1, self.lr_scale * self.failure.rollback_lr_factor
+        self.try_resume()
+        self.rollbacks, self.lr_scale = rollbacks, lr_scale
+        if not cut_learning_rate(self.engine, self.failure.rollback_lr_factor):
+            log.warning("the learning rate is not cut: the DeepSpeed config's scheduler sets it")
+        self.guard.reset()
+        self._diverged = False
+        window.sums.zero_()
+        log.warning("%s; rolled back to %s (rollback %d of %d), learning rate x%g", reason, tag, rollbacks,
+                    self.failure.max_rollbacks, lr_scale)
+        self._write({"step": self.step, "rollback": rollbacks, "diverged_at": diverged_at, "lr_scale": lr_scale})
 
     def _after_update(self, window: TokenSums) -> None:
         """Count the update; log, validate and save when they are due."""
@@ -307,7 +330,7 @@ class Trainer:
     def _log(self, window: TokenSums, seconds: float) -> None:
         totals = window.totals()
         row = {"step": self.step, "loss": totals["loss"], "nll": totals["nll"],
-               **engine_step_info(self.engine, self.grad_norm),
+               **engine_step_info(self.engine, self.grad_norm), "skipped_updates": self.guard.skipped,
                "tokens_per_s": totals["tokens"] / max(seconds, 1e-9), "epoch": self.train_data.epoch}
         self._write(row)
 
@@ -324,13 +347,21 @@ def setup_logging(rank: int) -> None:
 
 
 def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
-          deepspeed_config_path: Optional[str] = None) -> Path:
+          deepspeed_config_path: Optional[str] = None, failure: Optional[FailureConfig] = None) -> Path:
     """Run one training (on every rank of the launch) and return its run directory."""
-    trainer = Trainer(train, data, model, deepspeed_config_path)
+    trainer = Trainer(train, data, model, deepspeed_config_path, failure)
     try:
         trainer.run()
-    finally:
-        finish_distributed()
+    except Exception as err:
+        if not is_collective_failure(err):
+            finish_distributed()
+            raise
+        finish_distributed(peers_alive=False)
+        raise UserError(f"lost contact with another rank (this is rank {trainer.rank} of {trainer.world}): "
+                        f"{first_line(err)}. A rank died or hangs (its own log says why); run the same command "
+                        f"to resume from {trainer.save_dir / (latest_tag(trainer.save_dir) or '(no checkpoint yet)')}"
+                        ) from None
+    finish_distributed()
     return trainer.save_dir
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from admin_ds.checkpoints.rundir import METRICS, TENSORBOARD
+from admin_ds.errors import UserError
 from admin_ds.io import write_text_atomic
 
 log = logging.getLogger("admin_ds")
@@ -49,8 +50,12 @@ class MetricsWriter:
         write_text_atomic(self.path, "".join(row + "\n" for row in rows))
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as err:  # a full disk: the checkpoint `latest` names is still whole
+            raise UserError(f"could not append to {self.path}: {err.strerror or err}; run the same command "
+                            "to resume once there is room") from None
         if self.writer is not None:
             prefix = "valid" if any(key.startswith("valid") for key in row) else "train"
             for key, value in row.items():

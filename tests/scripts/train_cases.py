@@ -2,7 +2,8 @@
 
     torchrun --nproc_per_node 2 tests/scripts/train_cases.py CASES.json OUT_DIR
 
-CASES.json is a list of {"name": ..., "argv": [train flags...]}. Each case runs the real Trainer; then
+CASES.json is a list of {"name": ..., "argv": [train flags...]}, optionally with "bad_grads": [RANK, "STEPS"]
+(inf gradients on one rank at those updates; see faults.py). Each case runs the real Trainer; then
 every rank saves its view of the full weights to OUT_DIR/NAME-rankR.pt and, for Admin models, ω as the
 weights hold it (gathered) and the size of this rank's own piece of the first ω to OUT_DIR/NAME-rankR.json.
 Launch and import costs are paid once for all cases.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+from faults import bad_grads
 
 from admin_ds.cli import build_parser
 from admin_ds.cli.train import run_configs
@@ -27,7 +29,9 @@ def main() -> int:
     setup_logging(rank)
     for case in cases:
         trainer = Trainer(*run_configs(build_parser("train").parse_args(["train", *case["argv"]])))
+        undo = bad_grads(*map(str, case["bad_grads"])) if "bad_grads" in case else (lambda: None)
         trainer.run()
+        undo()
         torch.save(training_engine.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
         if trainer.is_admin:
             profile = training_engine.omega_profile(trainer.engine)
