@@ -28,11 +28,11 @@ def _missing() -> list[str]:
 
 def packages_unavailable() -> Optional[str]:
     """None when SLURM, munge, sshd and pdsh are here (installing them with apt-get if they are not), else
-    why they cannot be installed."""
+    why they cannot be installed or run (the daemons need root: munged runs as munge, slurmd as root)."""
+    if os.geteuid() != 0:
+        return "not root: cannot apt-get install SLURM, munge, sshd and pdsh, nor start their daemons"
     if not _missing():
         return None
-    if os.geteuid() != 0:
-        return f"{', '.join(_missing())} missing and not root: cannot apt-get install them"
     if shutil.which("apt-get") is None:
         return f"{', '.join(_missing())} missing and no apt-get to install them"
     proc = subprocess.run(["bash", str(CLUSTER_SCRIPTS / "install_packages.sh")], capture_output=True, text=True,

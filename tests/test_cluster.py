@@ -137,10 +137,10 @@ def test_requeued_job_resumes_bit_identical(slurm, straight, synthetic_data, tmp
     finish(proc, 300, log)
     wait_for(lambda: slurm.show(job, "JobState") not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"), 300,
              "the requeued job to end", interval=0.5)
-    print(f"requeued job: {time.perf_counter() - started:.1f} s")
     assert (slurm.show(job, "JobState"), slurm.show(job, "ExitCode")) == ("COMPLETED", "0:0"), log.read_text()[-3000:]
     assert slurm.show(job, "Restarts") == "1"
     resumed = re.findall(r"resumed from \S+ at step (\d+)", log.read_text())
+    print(f"requeued job: {time.perf_counter() - started:.1f} s, resumed at step {resumed}")
     assert len(resumed) == 1 and 0 < int(resumed[0]) < STEPS, f"the requeue did not interrupt training: {resumed}"
     assert losses(save) == losses(straight[1])
     reference, weights = final_weights(straight[1]), final_weights(save)
