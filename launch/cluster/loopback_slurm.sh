@@ -37,6 +37,8 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
+# Bind every daemon and srun to the address its name resolves to (127.0.0.1), not to all interfaces.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 ReturnToService=2
 MailProg=/bin/true
 StateSaveLocation=$dir/state
@@ -95,8 +97,17 @@ add_hosts_line() {
 remove_hosts_line() {
   local hosts
   grep -qxF "$HOSTS_LINE" /etc/hosts || return 0
-  hosts=$(grep -vxF "$HOSTS_LINE" /etc/hosts)
+  hosts=$(grep -vxF "$HOSTS_LINE" /etc/hosts || true)
   printf '%s\n' "$hosts" > /etc/hosts
+}
+
+# Die unless NAME resolves to a loopback address: the daemons and srun listen on what the names resolve to.
+require_loopback() {
+  local name=$1 addr
+  addr=$(getent hosts "$name" | awk '{print $1; exit}')
+  [[ $addr == 127.* || $addr == ::1 ]] && return 0
+  [[ $name == n[12] ]] && remove_hosts_line
+  die "$name resolves to ${addr:-nothing}, not to a loopback address (see /etc/hosts); refusing to start"
 }
 
 wait_for_idle_nodes() {
@@ -118,9 +129,12 @@ up() {
   [[ -e $dir/run/slurmctld.pid ]] && die "$dir already holds a cluster (run down first)"
   mkdir -p "$dir"/{state,log,run} "${NODES[@]/#/$dir/spool/}"
   dir=$(cd "$dir" && pwd)
+  require_loopback "$(hostname)"
+  require_loopback "$(hostname -s)"
+  add_hosts_line
+  for node in "${NODES[@]}"; do require_loopback "$node"; done
   start_munge "$dir"
   write_config "$dir" "$base" "$(cat "$dir/run/munge.dir")"
-  add_hosts_line
   start_daemon "$dir" slurmctld slurmctld -D -i -f "$dir/slurm.conf"
   for node in "${NODES[@]}"; do
     start_daemon "$dir" "slurmd-$node" slurmd -D -N "$node" -f "$dir/slurm.conf"
