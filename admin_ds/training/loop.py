@@ -19,19 +19,22 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from admin_ds.checkpoints.exports import first_line
 from admin_ds.checkpoints.pickles import check_weights_only, torch_load
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
+    UNIVERSAL,
     latest_tag,
     prunable,
     rng_state_file,
     step_tag,
     write_run_config,
 )
+from admin_ds.checkpoints.zero import saved_world_size
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError
-from admin_ds.io import write_bytes_atomic, write_json_atomic
+from admin_ds.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
 from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
@@ -39,6 +42,7 @@ from admin_ds.training.engine import (
     barrier,
     broadcast_from_rank0,
     check_ds_config,
+    convert_to_universal,
     engine_step_info,
     finish_distributed,
     init_distributed,
@@ -177,7 +181,7 @@ class Trainer:
         if tag is None:
             return False
         check_weights_only(self.save_dir / tag)  # every rank, every file: they all refuse together
-        client_state = load_checkpoint(self.engine, self.save_dir, tag)
+        client_state = self._load_checkpoint(tag)
         if client_state is None:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])
@@ -190,6 +194,43 @@ class Trainer:
                         rng_file)
         log.info("resumed from %s at step %d", rng_file.parent, self.step)
         return True
+
+    def _load_checkpoint(self, tag: str) -> Optional[dict]:
+        """DeepSpeed's load of ``tag``. A ZeRO checkpoint written by another number of ranks is converted to
+        DeepSpeed's universal form first (once, by rank 0, into SAVE_DIR/universal/TAG) and loaded from it."""
+        saved = saved_world_size(self.save_dir / tag)
+        if saved is None or saved == self.world:
+            return load_checkpoint(self.engine, self.save_dir, tag)
+        log.info("%s was saved by %d ranks and this run has %d: resuming through DeepSpeed's universal checkpoint "
+                 "in %s", tag, saved, self.world, self.save_dir / UNIVERSAL / tag)
+        self._make_universal(tag)
+        # A rank reads only its own parameters' files: all must refuse a bad one together, before any collective.
+        check_weights_only(self.save_dir / UNIVERSAL / tag, "**/*.pt")
+        return load_checkpoint(self.engine, self.save_dir / UNIVERSAL, tag, universal=True)
+
+    def _make_universal(self, tag: str) -> None:
+        """Rank 0 converts ``tag`` unless a complete conversion is there (built under a temporary name, then
+        renamed), and drops older ones; the other ranks wait for its verdict, so a failure stops them all."""
+        root, error = self.save_dir / UNIVERSAL, None
+        if self.rank == 0 and not (root / tag).is_dir():
+            partial = root / f".{tag}.partial"
+            try:
+                shutil.rmtree(partial, ignore_errors=True)
+                root.mkdir(parents=True, exist_ok=True)
+                convert_to_universal(self.save_dir / tag, partial)
+                partial.rename(root / tag)
+                write_text_atomic(root / "latest_universal", tag)  # what DeepSpeed's own loader looks for
+            except Exception as err:  # the other ranks must hear of it, or they wait forever
+                error = err if isinstance(err, UserError) else UserError(
+                    f"cannot convert {self.save_dir / tag} to a universal checkpoint ({first_line(err)})")
+            for old in root.iterdir() if error is None else ():
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        failed = broadcast_from_rank0(torch.tensor([float(error is not None)], device=self.device))
+        if error is not None:
+            raise error
+        if failed.item():
+            raise UserError(f"rank 0 could not convert {self.save_dir / tag} to a universal checkpoint")
 
     # --- Admin ----------------------------------------------------------------------------------------
     def init_omega(self, first_batch: Batch) -> None:
