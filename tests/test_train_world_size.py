@@ -27,9 +27,10 @@ def run_phase(tmp, name: str, ranks: int, cases: list[dict]) -> dict:
     out.mkdir()
     spec = tmp / f"{name}.json"
     spec.write_text(json.dumps(cases))
-    run_torchrun(["tests/scripts/world_size_cases.py", str(spec), str(out)], num_ranks=ranks)
-    return {f"{case['name']}-rank{rank}": torch.load(out / f"{case['name']}-rank{rank}.pt")
-            for case in cases for rank in range(ranks)}
+    proc = run_torchrun(["tests/scripts/world_size_cases.py", str(spec), str(out)], num_ranks=ranks)
+    states = {f"{case['name']}-rank{rank}": torch.load(out / f"{case['name']}-rank{rank}.pt")
+              for case in cases for rank in range(ranks)}
+    return {**states, "log": proc.stdout + proc.stderr}
 
 
 def assert_same_state(resumed: dict, saved: dict, where: str) -> None:
@@ -48,36 +49,38 @@ def test_resume_two_ranks_on_one_then_two_again(tmp_path, synthetic_data, stage)
     run = tmp_path / "run"
 
     def argv(steps, *extra):
-        return train_argv(synthetic_data, run, config, steps, "--max-tokens", "600", *extra)
+        return train_argv(synthetic_data, run, config, steps, "--max-tokens", "1200", *extra)
 
     first = run_phase(tmp_path, "first", 2, [{"name": "first", "argv": argv(4)}])
-    second = run_phase(tmp_path, "second", 1, [{"name": "probe", "argv": argv(9), "resume_only": True},
-                                               {"name": "second", "argv": argv(9)}])
-    assert (run / UNIVERSAL / "global_step4" / "zero").is_dir()
-    assert_same_state(second["probe-rank0"], first["first-rank0"], "2 ranks -> 1")
+    second = run_phase(tmp_path, "second", 1, [{"name": "second", "argv": argv(9)}])
+    assert "global_step4 was saved by 2 rank(s) and this run has 1: resuming through" in second["log"]
+    assert not (run / UNIVERSAL).exists(), "the save at step 9 should have removed the conversion of step 4"
+    assert_same_state(second["second-rank0"]["resumed"], first["first-rank0"]["final"], "2 ranks -> 1")
     end_of_epoch = argv(1000, "--max-epochs", "1")
     if stage == 2:
         check_crafted_universal_file_is_refused(run, end_of_epoch, tmp_path)
-    third = run_phase(tmp_path, "third", 2, [{"name": "probe", "argv": end_of_epoch, "resume_only": True},
-                                             {"name": "third", "argv": end_of_epoch}])
-    assert sorted(p.name for p in (run / UNIVERSAL).iterdir() if p.is_dir()) == ["global_step9"]
+    third = run_phase(tmp_path, "third", 2, [{"name": "third", "argv": end_of_epoch}])
+    assert "global_step9 was saved by 1 rank(s) and this run has 2: resuming through" in third["log"]
     for rank in (0, 1):
-        assert_same_state(third[f"probe-rank{rank}"], second["second-rank0"], f"1 rank -> 2, rank {rank}")
+        assert_same_state(third[f"third-rank{rank}"]["resumed"], second["second-rank0"]["final"],
+                          f"1 rank -> 2, rank {rank}")
 
     # Training went on after each resume, and over epoch 1 every pair was trained on exactly once.
-    assert not torch.equal(third["third-rank0"]["fp32"]["src_embed.table.weight"],
-                           third["probe-rank0"]["fp32"]["src_embed.table.weight"])
+    final, resumed = third["third-rank0"]["final"], third["third-rank0"]["resumed"]
+    assert not torch.equal(final["fp32"]["src_embed.table.weight"], resumed["fp32"]["src_embed.table.weight"])
     assert third["third-rank0"]["epoch"] == 2
     seen = [pair for state in (first["first-rank0"], first["first-rank1"], second["second-rank0"],
                                third["third-rank0"], third["third-rank1"]) for pair in state["seen"]]
     assert sorted(seen) == list(range(len(ParallelDataset.load(synthetic_data, "train"))))
-    losses = [row["loss"] for row in rows(run) if "loss" in row]
-    assert [row["step"] for row in rows(run) if "loss" in row][:10] == list(range(1, 11))
-    assert max(losses[4:6]) < losses[0], "the loss after the resumes went back to where it started"
+    logged = [row for row in rows(run) if "loss" in row]
+    assert [row["step"] for row in logged] == list(range(1, len(logged) + 1)), "steps lost or repeated"
+    assert max(row["loss"] for row in logged[4:6]) < logged[0]["loss"], "the loss went back to where it started"
 
 
 def check_crafted_universal_file_is_refused(run, argv: list[str], tmp) -> None:
-    """A crafted pickle in place of a file of the universal form: both ranks refuse it, its payload never runs."""
+    """A crafted pickle in place of a file of the universal form: refused before any rank enters DeepSpeed's
+    load (ZeRO-2 ranks read only their own parameters' files: without the check rank 1 waited in a
+    collective for rank 0, which had stopped), and its payload never runs."""
     from admin_ds.training.engine import convert_to_universal
 
     universal = run / UNIVERSAL / "global_step9"
@@ -89,7 +92,9 @@ def check_crafted_universal_file_is_refused(run, argv: list[str], tmp) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and not marker.exists(), proc.stderr[-3000:]
     refusals = [line for line in proc.stderr.splitlines() if "admin-ds train: error: refusing to load" in line]
-    assert len(refusals) == 2 and all("posix.system" in line for line in refusals), proc.stderr[-3000:]
+    # torchrun stops the other rank once one has exited, so one or both say it; what matters is that no rank
+    # stayed inside a collective (the run ended well within the timeout) and nothing ran.
+    assert refusals and all("posix.system" in line for line in refusals), proc.stderr[-3000:]
     shutil.rmtree(universal)
 
 

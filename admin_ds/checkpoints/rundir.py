@@ -10,7 +10,7 @@
     SAVE_DIR/omega.profile                ω after the rank-0 hook, in the profile.ratio.init format
     SAVE_DIR/tensorboard/                 the same scalars for TensorBoard
     SAVE_DIR/universal/global_stepN/      DeepSpeed's universal form of checkpoint N, made when a run resumed
-                                          it on another number of ranks (only the newest is kept)
+                                          it on another number of ranks (removed at the next save)
 
 The tokenizer of a checkpoint is found by ``find_spm`` (see its docstring); exports record it as
 ``"spm_model"`` in their config.json.

@@ -158,6 +158,8 @@ class Trainer:
     def save(self) -> None:
         """DeepSpeed's collective save plus our client state and this rank's RNG streams; then prune."""
         tag = step_tag(self.step)
+        if self.rank == 0:  # a universal conversion is for resuming an older checkpoint; it could go stale
+            shutil.rmtree(self.save_dir / UNIVERSAL, ignore_errors=True)
         client_state = {"step": self.step, "data": self.train_data.state_dict(),
                         "model_config": self.model_cfg.to_dict(),
                         "omega": omega_profile(self.engine).to_text() if self.is_admin else None}
@@ -201,7 +203,7 @@ class Trainer:
         saved = saved_world_size(self.save_dir / tag)
         if saved is None or saved == self.world:
             return load_checkpoint(self.engine, self.save_dir, tag)
-        log.info("%s was saved by %d ranks and this run has %d: resuming through DeepSpeed's universal checkpoint "
+        log.info("%s was saved by %d rank(s) and this run has %d: resuming through DeepSpeed's universal checkpoint "
                  "in %s", tag, saved, self.world, self.save_dir / UNIVERSAL / tag)
         self._make_universal(tag)
         # A rank reads only its own parameters' files: all must refuse a bad one together, before any collective.
@@ -210,7 +212,8 @@ class Trainer:
 
     def _make_universal(self, tag: str) -> None:
         """Rank 0 converts ``tag`` unless a complete conversion is there (built under a temporary name, then
-        renamed), and drops older ones; the other ranks wait for its verdict, so a failure stops them all."""
+        renamed; ``save`` removes them all, so none outlives a newer save), and drops older ones; the other
+        ranks wait for its verdict, so a failure stops them all."""
         root, error = self.save_dir / UNIVERSAL, None
         if self.rank == 0 and not (root / tag).is_dir():
             partial = root / f".{tag}.partial"

@@ -3,10 +3,10 @@ tests/test_train_world_size.py).
 
     torchrun --nproc_per_node N tests/scripts/world_size_cases.py CASES.json OUT_DIR
 
-CASES.json is a list of {"name", "argv", "resume_only"}. A case runs the real Trainer: the whole run, or with
-"resume_only" just its resume (nothing is trained or saved). Then every rank writes OUT_DIR/NAME-rankR.pt:
-the fp32 master weights and Adam's exp_avg / exp_avg_sq, whole (gathered over ranks), the learning rate, the
-step, and the pair indices of every batch this rank trained on.
+CASES.json is a list of {"name", "argv"}. A case runs the real Trainer; every rank writes OUT_DIR/NAME-rankR.pt:
+what the engine held right after the resume ("resumed", None without one) and at the end ("final"): the fp32
+master weights and Adam's exp_avg / exp_avg_sq, whole (gathered over ranks), the learning rate, the step;
+and the pair indices of every batch this rank trained on ("seen").
 """
 
 import json
@@ -50,12 +50,19 @@ def main() -> int:
             return train_step(batch, window)
 
         trainer._train_step = recording
-        if case.get("resume_only"):
-            assert trainer.try_resume(), "nothing to resume"
-        else:
-            trainer.run()
-        torch.save({**engine_state(trainer), "seen": seen, "epoch": trainer.train_data.epoch},
-                   out / f"{case['name']}-rank{rank}.pt")
+        record = {"resumed": None, "seen": seen}
+        try_resume = trainer.try_resume
+
+        def resume_and_record(try_resume=try_resume, record=record, trainer=trainer):
+            resumed = try_resume()
+            if resumed:
+                record["resumed"] = engine_state(trainer)
+            return resumed
+
+        trainer.try_resume = resume_and_record
+        trainer.run()
+        record.update(final=engine_state(trainer), epoch=trainer.train_data.epoch)
+        torch.save(record, out / f"{case['name']}-rank{rank}.pt")
         trainer.engine.destroy()
     training_engine.finish_distributed()
     return 0
