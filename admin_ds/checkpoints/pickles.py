@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -51,6 +52,7 @@ def _records() -> Allowed:
 
 
 _RECORDS = _records()
+_TORCH_LOAD = torch.load  # the real one, also while all_loads_weights_only stands in for it
 _UNSUPPORTED = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
@@ -61,12 +63,27 @@ def load_weights_only(file: Union[str, Path], allowed: Optional[Allowed] = None,
     in it runs."""
     try:
         with torch.serialization.safe_globals(_RECORDS if allowed is None else allowed):
-            return torch.load(file, map_location=map_location, mmap=mmap, weights_only=True)
+            return _TORCH_LOAD(file, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _UNSUPPORTED.search(str(err))
         what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
         raise UserError(f"refusing to load {file}: it holds {what}, which admin-ds never unpickles "
                         "(a crafted or foreign file?)") from None
+
+
+@contextmanager
+def all_loads_weights_only(allowed: Allowed):
+    """Inside: every ``torch.load`` of this process is ``load_weights_only(file, allowed)``, whatever
+    ``weights_only`` its caller passed. For DeepSpeed code that unpickles with ``weights_only=False`` and
+    offers no hook (its universal-checkpoint converter and loader): it calls ``torch.load`` by name."""
+    def load(file, map_location: Any = None, *_args: Any, **_kwargs: Any) -> Any:
+        return load_weights_only(file, allowed=allowed, map_location=map_location)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = _TORCH_LOAD
 
 
 def torch_load(file: Path, mmap: bool = True) -> Any:
@@ -82,11 +99,12 @@ def torch_load(file: Path, mmap: bool = True) -> Any:
         raise UserError(f"cannot read {file} ({first_line(err)})") from None
 
 
-def check_weights_only(directory: Path) -> None:
-    """Refuse (``UserError``) a checkpoint folder any of whose ``.pt`` files needs more than tensors.
+def check_weights_only(directory: Path, pattern: str = "*.pt") -> None:
+    """Refuse (``UserError``) a checkpoint folder any of whose ``.pt`` files (``pattern``; ``"**/*.pt"``:
+    also in its subfolders, as in a universal checkpoint) needs more than tensors.
 
     Every rank runs it on every file before a resume: all ranks then fail together, on the same file,
     instead of one rank stopping while the others wait for it in a collective. Memory-mapped, it reads
     the pickles, not the tensors' data."""
-    for file in sorted(directory.glob("*.pt")):
+    for file in sorted(directory.glob(pattern)):
         torch_load(file)

@@ -9,6 +9,8 @@
     SAVE_DIR/metrics.jsonl                one JSON object per logged step and per validation
     SAVE_DIR/omega.profile                ω after the rank-0 hook, in the profile.ratio.init format
     SAVE_DIR/tensorboard/                 the same scalars for TensorBoard
+    SAVE_DIR/universal/global_stepN/      DeepSpeed's universal form of checkpoint N, made when a run resumed
+                                          it on another number of ranks (removed at the next save)
 
 The tokenizer of a checkpoint is found by ``find_spm`` (see its docstring); exports record it as
 ``"spm_model"`` in their config.json.
@@ -31,6 +33,7 @@ DS_CONFIG = "ds_config.json"
 METRICS = "metrics.jsonl"
 OMEGA_PROFILE = "omega.profile"
 TENSORBOARD = "tensorboard"
+UNIVERSAL = "universal"
 SPM_BESIDE = "spm.model"
 _STEP_TAG = re.compile(r"global_step(\d+)")
 

@@ -42,6 +42,12 @@ def is_deepspeed_dir(path: Path) -> bool:
 _SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 
 
+def saved_world_size(tag_dir: Path) -> Optional[int]:
+    """The number of ranks that wrote a checkpoint folder: its optimizer shards, one per data-parallel rank.
+    None when it has none (ZeRO-0 in fp32: the model states file holds everything, for any world size)."""
+    return len([p for p in tag_dir.glob("*_optim_states.pt") if _SHARD.search(p.name)]) or None
+
+
 def find_tag_dir(path: Path, tag: Optional[str] = None) -> Path:
     """The checkpoint folder: ``path`` itself if it holds model states, else ``path/TAG`` (``latest``)."""
     if model_states_file(path) is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from admin_ds.data.dataset import ParallelDataset
+from admin_ds.data.greedy import cut_greedily
 from admin_ds.errors import UserError
 from admin_ds.vocab import SPECIAL_IDS, SpecialIds
 
@@ -104,65 +105,6 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return [batch.tolist() for batch in cut_greedily(order, sizes[order], max_tokens)]
 
 
-def cut_greedily(order: np.ndarray, sorted_sizes: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Cut ``order`` (sorted by padded size, either way) into the fewest consecutive batches whose
-    rows times their longest row stay within ``max_tokens``; a row longer than that stands alone.
-
-    The greedy rule, row by row: a batch takes the next row unless (rows + 1) * longest row would exceed
-    ``max_tokens``. Computed per run of equal sizes instead of per row (a corpus of 40M pairs has at most
-    a few hundred distinct sizes; a Python loop over its rows takes ~6 s): inside a run every batch
-    holds ``max_tokens // size`` rows, and only a batch that crosses into the next runs needs a look.
-    """
-    sizes = np.asarray(sorted_sizes, dtype=np.int64)
-    if not len(sizes):
-        return []
-    run_starts = np.flatnonzero(np.concatenate(([True], sizes[1:] != sizes[:-1])))
-    run_ends = np.append(run_starts[1:], len(sizes))
-    run_sizes = sizes[run_starts]
-    # Rows a batch may hold when its longest row has the run's size; size 0 never cuts, too long stands alone.
-    capacity = np.where(run_sizes > 0, np.maximum(max_tokens // np.maximum(run_sizes, 1), 1), len(sizes))
-    runs = (run_starts, run_ends, capacity)
-    ends = _batch_ends_ascending(*runs) if sizes[0] <= sizes[-1] else _batch_ends_descending(*runs)
-    return np.split(order, ends[:-1])
-
-
-def _batch_ends_ascending(run_starts: np.ndarray, run_ends: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Exclusive batch ends [num_batches] when sizes grow: a batch's longest row is its newest one, so a
-    batch that starts at p may reach into a later run m only while p + capacity[m] > run_starts[m]."""
-    ends, start, run = [], 0, 0
-    total = int(run_ends[-1])
-    while start < total:
-        run_end, rows = int(run_ends[run]), int(capacity[run])
-        full = (run_end - start) // rows  # batches that fit inside this run
-        if full:
-            ends.append(start + rows * np.arange(1, full + 1, dtype=np.int64))
-            start += full * rows
-        if start < run_end:  # the rest of the run starts a batch that may take rows of later runs
-            end, later = run_end, run + 1
-            while later < len(run_starts) and start + int(capacity[later]) > run_starts[later]:
-                end = min(int(run_ends[later]), start + int(capacity[later]))
-                if end < run_ends[later]:
-                    break
-                later += 1
-            ends.append(np.array([end], dtype=np.int64))
-            start = end
-        run = int(np.searchsorted(run_ends, start, side="right"))
-    return np.concatenate(ends)
-
-
-def _batch_ends_descending(run_starts: np.ndarray, run_ends: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Exclusive batch ends [num_batches] when sizes shrink: a batch's longest row is its first one, so a
-    batch starting in a run holds that run's capacity of rows, wherever they come from."""
-    ends, start = [], 0
-    total = int(run_ends[-1])
-    while start < total:
-        run = int(np.searchsorted(run_ends, start, side="right"))
-        starts = np.arange(start, int(run_ends[run]), int(capacity[run]), dtype=np.int64)
-        ends.append(np.minimum(starts + int(capacity[run]), total))
-        start = int(ends[-1][-1])
-    return np.concatenate(ends)
-
-
 class TokenBatchSampler:
     """Length-bucketed token batches, reshuffled every epoch, sharded over data-parallel ranks.
 
@@ -180,6 +122,12 @@ class TokenBatchSampler:
     Resume: `position` counts the batches this rank has handed out in `epoch`. It is the same on every rank
     (equal counts), so the state saved by rank 0 restores all ranks; a sampler restored with
     `load_state_dict` yields exactly the batches the saved one had not yet yielded.
+
+    Resume on another number of ranks: the epoch's global list stays the one its first world size built;
+    the global batches already consumed (start of the segment + position * world_size) are kept as they
+    were, and the rest is halved further to a multiple of the new world size and dealt out with the new
+    striding. `segments` records each (first global batch, world size) of the current epoch, so a later
+    resume rebuilds the same list; every pair is still seen once per epoch (docs/contracts.md §5).
 
     Args:
         src_sizes, tgt_sizes: [n] ids per sentence, without EOS/BOS.
@@ -217,23 +165,25 @@ class TokenBatchSampler:
         self.rank, self.world_size = rank, world_size
         self.epoch = 1
         self.position = 0
-        self._cached_epoch, self._cached_batches = None, None
-        self._rank_batches(self.epoch)  # fail now, not mid-training, if equal counts are impossible
+        self.segments: list[tuple[int, int]] = [(0, world_size)]  # (first global batch, world size) this epoch
+        self._cached_key, self._cached_batches = None, None
+        self._rank_batches()  # fail now, not mid-training, if equal counts are impossible
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch (the same for every rank and every epoch)."""
-        return len(self._rank_batches(self.epoch))
+        """Batches this rank yields in the current epoch's segment: the same for every rank, and every epoch
+        of a run that keeps its number of ranks."""
+        return len(self._rank_batches())
 
     def set_epoch(self, epoch: int) -> None:
         """Move to the start of `epoch`; a no-op for the current epoch, so it cannot undo a resume."""
         if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+            self.epoch, self.position, self.segments = epoch, 0, [(0, self.world_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         """Yield this rank's remaining batches of the current epoch, then move to the next epoch."""
         if self.position >= len(self):  # resumed exactly at an epoch's end
             self.set_epoch(self.epoch + 1)
-        batches = self._rank_batches(self.epoch)
+        batches = self._rank_batches()
         while self.position < len(batches):
             batch = batches[self.position]
             self.position += 1  # before yielding: a state saved while the batch is in use excludes it
@@ -242,35 +192,65 @@ class TokenBatchSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "max_tokens": self.max_tokens,
-                "world_size": self.world_size, "num_examples": len(self.src_sizes), "shuffle": self.shuffle}
+                "world_size": self.world_size, "num_examples": len(self.src_sizes), "shuffle": self.shuffle,
+                "segments": [list(segment) for segment in self.segments]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved state; the batch order must not depend on anything that changed since."""
-        for key in ("seed", "max_tokens", "world_size", "num_examples", "shuffle"):
+        """Continue from a saved state, on this sampler's number of ranks; the batch order must not depend on
+        anything else that changed since. A state without `segments` (older checkpoints) had one."""
+        for key in ("seed", "max_tokens", "num_examples", "shuffle"):
             saved, current = state.get(key), self.state_dict()[key]
             if saved != current:
                 raise UserError(f"cannot resume the batch order: the checkpoint has {key}={saved}, this run has "
-                                f"{current}; resume with the same data, --max-tokens, --seed and number of ranks")
-        if not 0 <= state["position"] <= len(self._rank_batches(state["epoch"])):
-            raise UserError(f"cannot resume the batch order: position {state['position']} is out of range")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+                                f"{current}; resume with the same data, --max-tokens and --seed")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        segments = [(int(start), int(world)) for start, world in state.get("segments", [[0, state["world_size"]]])]
+        start, world = segments[-1]
+        total = len(self._epoch_batches(epoch, segments))
+        if not 0 <= position <= (total - start) // world:
+            raise UserError(f"cannot resume the batch order: position {position} is out of range")
+        if world != self.world_size:
+            consumed = start + position * world  # global batches of this epoch already trained on
+            segments = segments[:-1] if position == 0 else segments
+            segments, position = [*segments, (consumed, self.world_size)], 0
+        self.epoch, self.position, self.segments = epoch, position, segments
+        self._rank_batches()  # the rest of the epoch must split over this many ranks: fail now if not
 
-    def _rank_batches(self, epoch: int) -> list[np.ndarray]:
-        if self._cached_epoch != epoch:
-            self._cached_epoch, self._cached_batches = None, None  # free the old epoch before building the next
-            self._cached_batches = _compact(self._global_batches(epoch)[self.rank :: self.world_size])
-            self._cached_epoch = epoch
+    def _rank_batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch's last segment."""
+        key = (self.epoch, tuple(self.segments))
+        if self._cached_key != key:
+            self._cached_key, self._cached_batches = None, None  # free the old epoch before building the next
+            start = self.segments[-1][0]
+            self._cached_batches = _compact(self._epoch_batches(self.epoch, self.segments)[start + self.rank ::
+                                                                                            self.world_size])
+            self._cached_key = key
         return self._cached_batches
 
-    def _global_batches(self, epoch: int) -> list[np.ndarray]:
-        """Every rank's batches of `epoch`, as arrays of pair indices; a multiple of world_size of them."""
+    def _epoch_batches(self, epoch: int, segments: list[tuple[int, int]]) -> list[np.ndarray]:
+        """The global batches of `epoch` as its segments leave them: built for the first world size, the
+        rest after each later segment's start halved to a multiple of that segment's world size."""
+        batches = self._global_batches(epoch, segments[0][1])
+        for (start, world), (_, before) in zip(segments[1:], segments):
+            rest = batches[start:]
+            pairs = sum(len(batch) for batch in rest)
+            if len(rest) + (-len(rest) % world) > pairs:
+                raise UserError(f"cannot resume epoch {epoch} on {world} ranks: the {pairs} pairs it has left cannot "
+                                f"give each rank a batch; resume on {before} ranks until the epoch ends")
+            batches = batches[:start] + _split_to_multiple(rest, world, pairs)
+        return batches
+
+    def _global_batches(self, epoch: int, world_size: Optional[int] = None) -> list[np.ndarray]:
+        """Every rank's batches of `epoch`, as arrays of pair indices; a multiple of `world_size` (by default
+        this sampler's) of them."""
+        world_size = world_size or self.world_size
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.num_tokens)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         # Stable, so equal lengths keep the shuffled order: as a lexsort by (padded size, source, target).
         order = order[np.argsort(self._length_ranks[order], kind="stable")]
         batches = cut_greedily(order, self.num_tokens[order], self.max_tokens)
-        batches = _split_to_multiple(batches, self.world_size, n)
+        batches = _split_to_multiple(batches, world_size, n)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches

@@ -8,6 +8,7 @@ the training loop talks to DeepSpeed and to the other ranks only through the fun
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import os
@@ -22,11 +23,12 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from admin_ds.checkpoints.exports import first_line
-from admin_ds.checkpoints.pickles import DEEPSPEED_GLOBALS, load_weights_only
+from admin_ds.checkpoints.pickles import DEEPSPEED_GLOBALS, all_loads_weights_only, load_weights_only
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import OmegaProfile, profile_omega
 from admin_ds.training.rendezvous import fill_rendezvous_env
+from admin_ds.training.setup import KeysRead
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -133,26 +135,6 @@ def read_ds_config(path: Optional[str]) -> dict:
     return read_json_object(Path(path), "DeepSpeed config")
 
 
-class _KeysRead(dict):
-    """A config dict that records which top-level keys its reader asked for."""
-
-    def __init__(self, values: dict):
-        super().__init__(values)
-        self.read: set[str] = set()
-
-    def get(self, key, *default):
-        self.read.add(key)
-        return super().get(key, *default)
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key):
-        self.read.add(key)
-        return super().__contains__(key)
-
-
 def check_ds_config(config: dict) -> None:
     """Refuse, in one line, a DeepSpeed config that DeepSpeed would reject with a traceback, or that holds a
     top-level key DeepSpeed never reads (a misspelt ``zero_optimization`` would silently mean ZeRO-0).
@@ -162,7 +144,7 @@ def check_ds_config(config: dict) -> None:
     from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
 
-    seen = _KeysRead(config)
+    seen = KeysRead(config)
     try:
         DeepSpeedConfig(seen)
     except ValidationError as err:
@@ -329,13 +311,28 @@ def zero_stage_of(engine) -> int:
     return int(engine.zero_optimization_stage())
 
 
-def load_checkpoint(engine, save_dir: str | os.PathLike, tag: Optional[str] = None) -> Optional[dict]:
-    """Load ``tag`` (default: the one named in ``latest``); returns our client_state, or None."""
-    path, client_state = engine.load_checkpoint(str(save_dir), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+def load_checkpoint(engine, save_dir: str | os.PathLike, tag: Optional[str] = None,
+                    universal: bool = False) -> Optional[dict]:
+    """Load ``tag`` (default: the one named in ``latest``); returns our client_state, or None. ``universal``:
+    a universal checkpoint (``convert_to_universal``), written on any number of ranks. Every file DeepSpeed
+    reads is read weights-only, also by its universal loaders, which pass weights_only=False themselves."""
+    engine._config.load_universal_checkpoint = universal  # DeepSpeed reads it only while loading
+    with all_loads_weights_only(_deepspeed_classes()):
+        path, client_state = engine.load_checkpoint(str(save_dir), tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
     if path is None:
         return None
     return client_state
+
+
+def convert_to_universal(tag_dir: Path, out_dir: Path) -> None:
+    """DeepSpeed's ``ds_to_universal`` of one ZeRO checkpoint, in this process, every file it reads weights-only."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(out_dir), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with all_loads_weights_only(_deepspeed_classes()):
+        ds_to_universal.main(args)  # prints its progress; inject_missing_state: we save no version key
 
 
 def local_grad_norm(engine) -> Optional[float]:

@@ -9,6 +9,7 @@ on rank 0, validating and saving every N updates.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from admin_ds.checkpoints.pickles import check_weights_only, torch_load
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
+    UNIVERSAL,
     latest_tag,
     rng_state_file,
     step_tag,
@@ -42,7 +44,6 @@ from admin_ds.training.engine import (
     init_distributed,
     initialize,
     is_collective_failure,
-    load_checkpoint,
     model_init_context,
     omega_hook,
     omega_profile,
@@ -52,6 +53,7 @@ from admin_ds.training.engine import (
 )
 from admin_ds.training.guard import UpdateGuard, cut_learning_rate
 from admin_ds.training.metrics import MetricsWriter
+from admin_ds.training.resume import load_any_world_size
 from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
@@ -155,6 +157,8 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------------
     def save(self) -> None:
         """Every rank's share of checkpoint ``global_stepN`` (training/saving.py: checked, then published)."""
+        if self.rank == 0:  # a universal conversion is for resuming an older checkpoint; it could go stale
+            shutil.rmtree(self.save_dir / UNIVERSAL, ignore_errors=True)
         client_state = {"step": self.step, "data": self.train_data.state_dict(),
                         "model_config": self.model_cfg.to_dict(),
                         "omega": omega_profile(self.engine).to_text() if self.is_admin else None,
@@ -169,7 +173,7 @@ class Trainer:
         if tag is None:
             return False
         check_weights_only(self.save_dir / tag)  # every rank, every file: they all refuse together
-        client_state = load_checkpoint(self.engine, self.save_dir, tag)
+        client_state = load_any_world_size(self.engine, self.save_dir, tag, self.rank, self.world, self.device)
         if client_state is None:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])

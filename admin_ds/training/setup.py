@@ -67,3 +67,23 @@ def checkpointing_from_config(model_cfg: ModelConfig, config: dict, flag: Option
     if flag is None and "activation_checkpointing" in config and model_cfg.checkpoint_every == 0:
         return dataclasses.replace(model_cfg, checkpoint_every=1)
     return model_cfg
+
+
+class KeysRead(dict):
+    """A config dict that records which top-level keys its reader asked for."""
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key, *default):
+        self.read.add(key)
+        return super().get(key, *default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
