@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from admin_ds.checkpoints.ctranslate2_export import check_quantization, write_ctranslate2
+from admin_ds.checkpoints.ctranslate2_export import check_quantization, import_ctranslate2, write_ctranslate2
 from admin_ds.checkpoints.exports import write_export, write_model_dir
 from admin_ds.checkpoints.load import load_checkpoint
 from admin_ds.checkpoints.rundir import tokenizer_files
@@ -57,21 +57,29 @@ def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, 
     check_quantization(quantization)
     check_new_output(out, force)  # before reading gigabytes
     if format == "ctranslate2":
-        start = Path(checkpoint)
-        spm = tokenizer_files(start if start.is_dir() else start.parent)
-        if spm is None:
-            raise UserError(f"no sentencepiece model found for {checkpoint}: a CTranslate2 model needs its "
-                            "vocabulary (put spm.model beside the checkpoint or convert a run directory)")
+        return convert_ctranslate2(checkpoint, out, tag, force, config, quantization)
     model, info = load_checkpoint(checkpoint, tag, config)
     source = Path(info["source"])
-    source = source if source.is_dir() else source.parent
-    if format == "ctranslate2":
-        files, entry = spm
-        src_name, tgt_name = (entry, entry) if isinstance(entry, str) else (entry["src"], entry["tgt"])
-        src = Tokenizer(files[src_name])
-        tgt = src if tgt_name == src_name else Tokenizer(files[tgt_name])
-        return write_ctranslate2(model, out, spm, src, tgt, quantization, force, {"converted_from": info})
-    return write_converted(model, source, out, format == "plain", force, {"converted_from": info})
+    return write_converted(model, source if source.is_dir() else source.parent, out, format == "plain", force,
+                           {"converted_from": info})
+
+
+def convert_ctranslate2(checkpoint: str | Path, out: str | Path, tag: Optional[str], force: bool,
+                        config: Optional[str | Path], quantization: Optional[str]) -> Path:
+    """``convert(..., format="ctranslate2")``: the package and the tokenizer are checked before the model
+    is read, since a CTranslate2 model cannot be written without its vocabulary."""
+    import_ctranslate2()
+    start = Path(checkpoint)
+    spm = tokenizer_files(start if start.is_dir() else start.parent)
+    if spm is None:
+        raise UserError(f"no sentencepiece model found for {checkpoint}: a CTranslate2 model needs its "
+                        "vocabulary (put spm.model beside the checkpoint or convert a run directory)")
+    files, entry = spm
+    src_name, tgt_name = (entry, entry) if isinstance(entry, str) else (entry["src"], entry["tgt"])
+    src = Tokenizer(files[src_name])
+    tgt = src if tgt_name == src_name else Tokenizer(files[tgt_name])
+    model, info = load_checkpoint(checkpoint, tag, config)
+    return write_ctranslate2(model, out, spm, src, tgt, quantization, force, {"converted_from": info})
 
 
 def write_converted(model: TranslationModel, source: Path, out: str | Path, plain: bool = False,

@@ -35,6 +35,7 @@ from admin_ds.errors import UserError
 from admin_ds.io import atomic_directory
 from admin_ds.model import TranslationModel
 from admin_ds.model.reparam import to_plain
+from admin_ds.vocab import SPECIAL_IDS
 
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "bfloat16")
 CT2_INFO = "admin_ds_ctranslate2.json"
@@ -155,8 +156,9 @@ def write_ctranslate2(model: TranslationModel, out: str | Path, spm: tuple[dict[
     cfg = model.cfg
     src_vocab = vocabulary(src_tokenizer.pieces(), cfg.src_vocab_size, "source")
     tgt_vocab = vocabulary(tgt_tokenizer.pieces(), cfg.tgt_vocab_size, "target")
-    specials = {"unk": tgt_vocab[1], "bos": tgt_vocab[2], "eos": tgt_vocab[3]}
-    if [src_vocab[i] for i in (1, 2, 3)] != list(specials.values()):
+    ids = {"unk": SPECIAL_IDS.unk, "bos": SPECIAL_IDS.bos, "eos": SPECIAL_IDS.eos}
+    specials = {name: tgt_vocab[i] for name, i in ids.items()}
+    if {name: src_vocab[i] for name, i in ids.items()} != specials:
         raise UserError("the source and target sentencepiece models name their special pieces differently")
     residual = cfg.residual
     settings, tensors = to_plain(model, inplace=True)

@@ -34,6 +34,7 @@ from admin_ds.data import Tokenizer
 from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
 from admin_ds.io import read_json_object
+from admin_ds.vocab import SPECIAL_IDS
 
 
 class CT2Model:
@@ -61,7 +62,8 @@ class CT2Model:
         if vocab[:len(tgt_pieces)] != tgt_pieces:
             raise UserError(f"{self.path}: the target sentencepiece model does not match the model's vocabulary")
         # PAD and BOS are never generated, nor ids the tokenizer cannot decode (docstring).
-        self.suppressed = [[vocab[0]], [vocab[2]]] + [[piece] for piece in vocab[len(tgt_pieces):]]
+        self.suppressed = ([[vocab[SPECIAL_IDS.pad]], [vocab[SPECIAL_IDS.bos]]]
+                           + [[piece] for piece in vocab[len(tgt_pieces):]])
 
 
 def read_ct2_info(path: Path) -> dict:
