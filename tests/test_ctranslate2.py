@@ -77,11 +77,13 @@ def trained(tmp_path_factory):
 
 
 def our_ids(model, tokenizer, lines, beam):
-    """Our beam search's best ids per line (source ids + EOS, one batch per 32 lines)."""
-    sources = [tokenizer.encode(line.strip()) + [model.cfg.eos_id] for line in lines]
+    """Our beam search's best ids per line (source ids cut to the positions as translate does, + EOS; one
+    batch per 32 lines)."""
+    cfg = model.cfg
+    sources = [tokenizer.encode(line.strip())[: cfg.max_positions - 1] + [cfg.eos_id] for line in lines]
     out = []
     for start in range(0, len(sources), 32):
-        batch = make_batch(sources[start:start + 32], model.cfg.pad_id)
+        batch = make_batch(sources[start:start + 32], cfg.pad_id)
         out += [hyps[0].tokens for hyps in generate(model, batch, beam=beam, vocab_limit=tokenizer.vocab_size)]
     return out
 
