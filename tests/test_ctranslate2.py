@@ -88,6 +88,7 @@ def our_ids(model, tokenizer, lines, beam):
     return out
 
 
+@pytest.mark.slow  # trains a model (minutes)
 @pytest.mark.parametrize("beam", [1, 5])
 def test_fp32_outputs_are_our_beam_search_ids(trained, beam):
     model = admin_ds.load_model(trained / "run")
@@ -105,6 +106,7 @@ def test_fp32_outputs_are_our_beam_search_ids(trained, beam):
     assert mismatches == [], f"{len(mismatches)} of {len(lines)} differ, first at line {mismatches[:1]}"
 
 
+@pytest.mark.slow  # trains a model (minutes)
 def test_int8_bleu_within_half_a_point_of_fp32(trained):
     sources, refs = tatoeba_test_subset("de"), tatoeba_test_subset("en")
     bleu = {}
@@ -120,6 +122,7 @@ def test_int8_bleu_within_half_a_point_of_fp32(trained):
     assert sizes["ct2-int8"] < 0.5 * sizes["ct2-fp32"], sizes
 
 
+@pytest.mark.slow  # trains a model (minutes)
 def test_translate_engine_ctranslate2_cli(trained, tmp_path, capsys):
     lines = tatoeba_test_subset("de")[:30] + [""]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
