@@ -123,3 +123,7 @@ class Tokenizer:
 
     def piece(self, token_id: int) -> str:
         return self._sp.IdToPiece(int(token_id))
+
+    def pieces(self) -> list[str]:
+        """Every piece in id order (a vocabulary list, e.g. for CTranslate2)."""
+        return [self._sp.IdToPiece(i) for i in range(self.vocab_size)]

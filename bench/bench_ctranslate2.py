@@ -1,0 +1,127 @@
+"""Translation throughput: CTranslate2 (fp32 and int8) against our beam search, on one model and one input.
+
+The checkpoint is converted twice (``admin-ds convert --format ctranslate2``, without and with
+``--quantization int8``) into a temporary folder; then the three engines translate the same lines with the
+same settings (beam, length penalty, caps, max tokens per batch, threads), one after the other in each of
+--repeats rounds (order rotated every round), after one warm-up run each. Figures are medians of the
+rounds' sentences/s, and the ratios are taken from the medians. It also reports how many outputs of each
+CTranslate2 engine equal ours and the BLEU of each against the references (when --refs is given).
+
+    python bench/bench_ctranslate2.py --checkpoint RUN_DIR                   # Tatoeba test, 500 lines
+    python bench/bench_ctranslate2.py --checkpoint RUN_DIR --threads 2 --repeats 7 --out bench/results/ctranslate2.json
+
+RUN_DIR is any checkpoint ``admin-ds translate`` reads, with its sentencepiece model beside it or in its run.
+``--random-arch PRESET --spm FILE`` instead builds a random-weight model of that preset on the sentencepiece
+model's vocabulary (for sizes no trained checkpoint is at hand for; its outputs mostly run to the length
+cap, where ours forces EOS and CTranslate2 stops, so both decode about the same number of steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+import admin_ds
+from admin_ds.checkpoints.convert import convert
+from admin_ds.checkpoints.exports import write_export
+from admin_ds.data import Tokenizer
+from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.ctranslate2_engine import CT2Model, translate_ct2
+from admin_ds.inference.translate import load_translator, translate_with
+from admin_ds.io import read_json_or_empty, write_json_atomic
+
+SHAPE_KEYS = ("encoder_layers", "decoder_layers", "d_model", "nhead", "ffn_dim", "residual", "src_vocab_size")
+TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-en"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a trained checkpoint (run directory or export)")
+    parser.add_argument("--random-arch", help="instead: a random-weight model of this preset (needs --spm)")
+    parser.add_argument("--spm", help="sentencepiece model for --random-arch")
+    parser.add_argument("--input", default=str(TATOEBA / "test.de"), help="source lines (default Tatoeba test.de)")
+    parser.add_argument("--refs", default=str(TATOEBA / "test.en"), help="references for BLEU ('' to skip)")
+    parser.add_argument("--lines", type=int, default=500, help="use every k-th line so that this many remain")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=4096, help="padded source tokens per batch")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of every engine")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", help="also store the result in this JSON file, under --name")
+    parser.add_argument("--name", help="key of this result in --out (default: trained, or the preset)")
+    return parser.parse_args()
+
+
+def subset(path: str, count: int) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return lines[:: max(1, len(lines) // count)][:count]
+
+
+def random_checkpoint(arch: str, spm: str, out: Path) -> Path:
+    """A random-weight export of ``arch`` on ``spm``'s vocabulary, with spm.model beside it."""
+    size = Tokenizer(spm).vocab_size
+    torch.manual_seed(0)
+    model = admin_ds.build_model(arch, dropout=0.0, src_vocab_size=size, tgt_vocab_size=size, max_positions=256)
+    write_export(model, out)
+    shutil.copyfile(spm, out / "spm.model")
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    if (args.checkpoint is None) == (args.random_arch is None) or (args.random_arch and not args.spm):
+        raise SystemExit("pass --checkpoint RUN, or --random-arch PRESET with --spm FILE")
+    torch.set_num_threads(args.threads)
+    sources = subset(args.input, args.lines)
+    refs = subset(args.refs, args.lines) if args.refs and not args.random_arch else None
+    decoding = DecodingConfig(beam=args.beam, max_tokens=args.max_tokens, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or random_checkpoint(args.random_arch, args.spm, Path(tmp) / "random")
+        model, tokenizer, tgt_tokenizer = load_translator(str(checkpoint), decoding)
+        engines = {"admin-ds": lambda: [h[0][0] for h in translate_with(model, tokenizer, tgt_tokenizer, sources,
+                                                                        decoding)]}
+        for name, quantization in (("ctranslate2-fp32", None), ("ctranslate2-int8", "int8")):
+            convert(checkpoint, Path(tmp) / name, format="ctranslate2", quantization=quantization)
+            ct2 = CT2Model(Path(tmp) / name, threads=args.threads)
+            engines[name] = lambda ct2=ct2: [h[0][0] for h in translate_ct2(ct2, sources, decoding)]
+        outputs = {name: run() for name, run in engines.items()}  # warm-up, and the outputs compared
+        rates = {name: [] for name in engines}
+        order = list(engines)
+        for round_ in range(args.repeats):
+            for name in order[round_ % len(order):] + order[: round_ % len(order)]:
+                start = time.perf_counter()
+                engines[name]()
+                rates[name].append(len(sources) / (time.perf_counter() - start))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    result = {
+        "checkpoint": str(args.checkpoint or f"random {args.random_arch}"),
+        "model": {k: v for k, v in model.cfg.to_dict().items() if k in SHAPE_KEYS},
+        "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "input": args.input, "lines": len(sources), "beam": args.beam, "max_tokens": args.max_tokens,
+        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+        "ctranslate2": __import__("ctranslate2").__version__,
+        "sentences_per_s": {name: round(value, 2) for name, value in median.items()},
+        "runs": {name: [round(v, 2) for v in values] for name, values in rates.items()},
+        "ratio_vs_admin_ds": {name: round(median[name] / median["admin-ds"], 2) for name in engines},
+        "same_output_as_admin_ds": {name: sum(a == b for a, b in zip(outputs[name], outputs["admin-ds"]))
+                                    for name in engines},
+    }
+    if refs:
+        result["bleu"] = {name: round(sacrebleu.corpus_bleu(out, [refs]).score, 2) for name, out in outputs.items()}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        stored = read_json_or_empty(args.out)
+        stored[args.name or args.random_arch or "trained"] = result
+        write_json_atomic(args.out, stored)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""CTranslate2 export and engine with the real ctranslate2 package.
+
+A model trained here on a Tatoeba de-en subset (Admin, so ω is far from 1 and must be folded) is
+converted with ``admin-ds convert --format ctranslate2``; fp32 greedy and beam-5 outputs must be the ids
+our beam search gives, int8 must keep BLEU within 0.5 of fp32, and bad input leaves OUT as it was.
+"""
+
+import copy
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import sentencepiece as spm
+import torch
+
+import admin_ds
+from admin_ds import cli
+from admin_ds.checkpoints.convert import convert
+from admin_ds.checkpoints.exports import write_export
+from admin_ds.data import PrepareConfig, Tokenizer, prepare
+from admin_ds.inference import beam as beam_module
+from admin_ds.inference.beam import generate, make_batch
+from admin_ds.inference.config import DecodingConfig
+
+ctranslate2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 package is not installed "
+                                                        "(pip install ctranslate2; it is in the test extra)")
+from admin_ds.inference.ctranslate2_engine import CT2Model, hypotheses_ct2, translate_ct2  # noqa: E402
+
+TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-en"
+TRAIN_PAIRS = 40_000
+TRAIN_STEPS = 400
+TEST_LINES = 400  # the fixed Tatoeba test subset: lines 0, 40, 80, ... of test.de / test.en
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse's own one-line usage errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tatoeba_test_subset(side: str) -> list[str]:
+    lines = (TATOEBA / f"test.{side}").read_text(encoding="utf-8").splitlines()
+    return lines[:: len(lines) // TEST_LINES][:TEST_LINES]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 3+3-layer d=128 Admin model (1.6M parameters) trained for TRAIN_STEPS updates on TRAIN_PAIRS Tatoeba
+    pairs (BLEU about 5.5 on the test subset: weak, but sentence-specific output), and its fp32 and int8
+    CTranslate2 conversions. Returns the folder holding run/, ct2-fp32/, ct2-int8/."""
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"real data not found at {TATOEBA} (the shared data folder beside the checkout)")
+    root = tmp_path_factory.mktemp("ct2")
+    (root / "text").mkdir()
+    for split, name, count in (("train", "train", TRAIN_PAIRS), ("dev", "dev", 300)):
+        for side in ("de", "en"):
+            lines = (TATOEBA / f"{name}.{side}").read_text(encoding="utf-8").splitlines()[:count]
+            (root / "text" / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare(PrepareConfig(train_prefix=root / "text" / "train", valid_prefix=root / "text" / "dev",
+                          source_lang="de", target_lang="en", out_dir=root / "data", vocab_size=2000,
+                          max_positions=64, workers=1, progress=False))
+    assert cli.main(["train", "--data", str(root / "data"), "--save-dir", str(root / "run"), "--arch", "admin-tiny",
+                     "--encoder-layers", "3", "--decoder-layers", "3", "--d-model", "128", "--nhead", "4",
+                     "--ffn-dim", "512", "--max-tokens", "4096", "--max-steps", str(TRAIN_STEPS), "--lr", "2e-3",
+                     "--warmup-updates", "100", "--log-interval", "100", "--save-interval", str(TRAIN_STEPS),
+                     "--validate-interval", "0", "--no-tensorboard"]) == 0
+    for name, extra in (("ct2-fp32", []), ("ct2-int8", ["--quantization", "int8"])):
+        assert cli.main(["convert", str(root / "run"), str(root / name), "--format", "ctranslate2", *extra]) == 0
+    return root
+
+
+def our_ids(model, tokenizer, lines, beam):
+    """Our beam search's best ids per line (source ids cut to the positions as translate does, + EOS; one
+    batch per 32 lines)."""
+    cfg = model.cfg
+    sources = [tokenizer.encode(line.strip())[: cfg.max_positions - 1] + [cfg.eos_id] for line in lines]
+    out = []
+    for start in range(0, len(sources), 32):
+        batch = make_batch(sources[start:start + 32], cfg.pad_id)
+        out += [hyps[0].tokens for hyps in generate(model, batch, beam=beam, vocab_limit=tokenizer.vocab_size)]
+    return out
+
+
+@pytest.mark.slow  # trains a model (minutes)
+@pytest.mark.parametrize("beam", [1, 5])
+def test_fp32_outputs_are_our_beam_search_ids(trained, beam):
+    model = admin_ds.load_model(trained / "run")
+    assert model.cfg.residual == "admin"
+    omegas = [p for n, p in model.named_parameters() if "omega" in n]
+    assert omegas and max(float((p - 1).abs().max()) for p in omegas) > 0.3, "ω should be far from 1"
+    tokenizer = Tokenizer(trained / "ct2-fp32" / "spm.model")
+    lines = tatoeba_test_subset("de")[:200]
+    ours = our_ids(model, tokenizer, lines, beam)
+    theirs = [hyps[0][0] for hyps in hypotheses_ct2(CT2Model(trained / "ct2-fp32", threads=1), lines,
+                                                     DecodingConfig(beam=beam))]
+    assert len({tuple(ids) for ids in ours}) > 0.8 * len(lines), "outputs should depend on the input"
+    assert sum(len(ids) for ids in ours) > 3 * len(lines)
+    mismatches = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    assert mismatches == [], f"{len(mismatches)} of {len(lines)} differ, first at line {mismatches[:1]}"
+
+
+@pytest.mark.slow  # trains a model (minutes)
+def test_int8_bleu_within_half_a_point_of_fp32(trained):
+    sources, refs = tatoeba_test_subset("de"), tatoeba_test_subset("en")
+    bleu = {}
+    for name in ("ct2-fp32", "ct2-int8"):
+        hyps = translate_ct2(CT2Model(trained / name, threads=1), sources, DecodingConfig(beam=5))
+        bleu[name] = sacrebleu.corpus_bleu([h[0][0] for h in hyps], [refs]).score
+    print(f"BLEU on {len(sources)} Tatoeba test lines: fp32 {bleu['ct2-fp32']:.2f}, int8 {bleu['ct2-int8']:.2f}")
+    assert bleu["ct2-fp32"] > 3.0, f"the model should translate somewhat: BLEU {bleu['ct2-fp32']:.2f}"
+    assert abs(bleu["ct2-int8"] - bleu["ct2-fp32"]) <= 0.5
+    info = json.loads((trained / "ct2-int8" / "admin_ds_ctranslate2.json").read_text())
+    assert info["quantization"] == "int8"
+    sizes = {name: (trained / name / "model.bin").stat().st_size for name in ("ct2-fp32", "ct2-int8")}
+    assert sizes["ct2-int8"] < 0.5 * sizes["ct2-fp32"], sizes
+
+
+@pytest.mark.slow  # trains a model (minutes)
+def test_translate_engine_ctranslate2_cli(trained, tmp_path, capsys):
+    lines = tatoeba_test_subset("de")[:30] + [""]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for engine, checkpoint in (("admin-ds", trained / "run"), ("ctranslate2", trained / "ct2-fp32")):
+        code, _, err = run_cli(capsys, "translate", "--checkpoint", checkpoint, "--input", tmp_path / "in.txt",
+                               "--output", tmp_path / f"{engine}.txt", "--engine", engine, "--device", "cpu")
+        assert code == 0, err
+    ours = (tmp_path / "admin-ds.txt").read_text(encoding="utf-8").splitlines()
+    theirs = (tmp_path / "ctranslate2.txt").read_text(encoding="utf-8").splitlines()
+    assert len(theirs) == len(lines) and theirs[-1] == ""
+    assert theirs == ours
+
+
+# --- the conversion itself on a random model (fast): ω folded, log-probabilities equal ----------------
+@pytest.fixture(scope="module")
+def random_export(tmp_path_factory):
+    """admin-tiny with random ω in [1, 2] and a 60-piece sentencepiece model (smaller than the model's 64
+    ids: the rest become suppressed placeholders)."""
+    root = tmp_path_factory.mktemp("ct2-random")
+    rng = random.Random(0)
+    words = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
+                                               for _ in range(300)) + "\n")
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=60,
+                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                   hard_vocab_limit=False, minloglevel=2)
+    torch.manual_seed(0)
+    model = admin_ds.build_model("admin-tiny", dropout=0.0).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "omega" in name:
+                param.copy_(1 + torch.rand_like(param))
+    write_export(model, root / "ckpt")
+    shutil.copy(root / "spm.model", root / "ckpt" / "spm.model")
+    return root, model
+
+
+def test_scores_equal_our_log_probabilities(random_export, capsys):
+    root, model = random_export
+    code, out, err = run_cli(capsys, "convert", root / "ckpt", root / "ct2", "--format", "ctranslate2")
+    assert code == 0, err
+    ct2 = CT2Model(root / "ct2", threads=1)
+    assert ct2.suppressed[:2] == [["<pad>"], ["<s>"]] and len(ct2.suppressed) == 2 + 64 - 60
+    src, tgt = [[5, 9, 12, 7, 3], [17, 4, 3]], [[8, 11, 6, 22, 3], [30, 9, 3]]
+    pieces = ct2.src_pieces
+    scored = ct2.translator.score_batch([[pieces[i] for i in s[:-1]] for s in src],
+                                        [[pieces[i] for i in t[:-1]] for t in tgt])
+    for s, t, result in zip(src, tgt, scored):
+        with torch.no_grad():
+            logits = model(torch.tensor([s]), torch.tensor([[2] + t[:-1]]))
+        ours = torch.log_softmax(logits.float(), -1)[0, torch.arange(len(t)), torch.tensor(t)]
+        assert torch.allclose(torch.tensor(result.log_probs), ours, atol=1e-4), (result.log_probs, ours)
+
+
+def test_every_quantization_loads_and_translates(random_export):
+    """int8 / int8_float32 / float16 / bfloat16 files are smaller than float32 and decode (float16 and
+    bfloat16 run as float32 on a CPU without fast kernels for them, CTranslate2 says on its log)."""
+    root, _ = random_export
+    lines = (root / "corpus.txt").read_text().splitlines()[:40]
+    outputs, sizes = {}, {}
+    for quantization in (None, "int8", "int8_float32", "float16", "bfloat16"):
+        out = root / f"q-{quantization}"
+        convert(root / "ckpt", out, format="ctranslate2", quantization=quantization)
+        info = json.loads((out / "admin_ds_ctranslate2.json").read_text())
+        assert info["quantization"] == (quantization or "float32") and info["source_residual"] == "admin"
+        sizes[quantization] = (out / "model.bin").stat().st_size
+        outputs[quantization] = [h[0][0] for h in hypotheses_ct2(CT2Model(out, threads=1), lines,
+                                                                 DecodingConfig(beam=5))]
+    for quantization, hyps in outputs.items():
+        assert sum(a == b for a, b in zip(hyps, outputs[None])) >= 0.75 * len(lines), quantization
+        assert quantization is None or sizes[quantization] < 0.8 * sizes[None], sizes
+
+
+@pytest.mark.parametrize("beam, lenpen", [(1, 1.0), (5, 1.0), (5, 0.6)])
+def test_decoding_matches_ours_up_to_where_masking_happens(random_export, monkeypatch, beam, lenpen):
+    """A random model gives PAD and BOS real probability, so the one documented difference shows: our
+    search bans them after its log-softmax, CTranslate2 before it. Renormalising ours after the ban (here
+    only) must make every output equal: beam, length penalty, caps, min length and suppression map right."""
+    root, model = random_export
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # push towards EOS so that outputs have varied lengths below the caps
+        eos_row = model.output_proj.weight[3].detach()
+        model.decoder.layers[-1].ffn_residual.norm.bias.copy_(2.0 * eos_row / eos_row.dot(eos_row))
+    write_export(model, root / f"eos-{beam}-{lenpen}")
+    shutil.copy(root / "spm.model", root / f"eos-{beam}-{lenpen}" / "spm.model")
+    convert_to = root / f"eos-{beam}-{lenpen}-ct2"
+    assert cli.main(["convert", str(root / f"eos-{beam}-{lenpen}"), str(convert_to), "--format", "ctranslate2"]) == 0
+    tokenizer = Tokenizer(root / "spm.model")
+    lines = (root / "corpus.txt").read_text().splitlines()[:80]
+    sources = [tokenizer.encode(line) + [3] for line in lines]
+    theirs = hypotheses_ct2(CT2Model(convert_to, threads=1), lines, DecodingConfig(beam=beam, lenpen=lenpen))
+
+    def ours():
+        return generate(model, make_batch(sources, 0), beam=beam, lenpen=lenpen, vocab_limit=tokenizer.vocab_size)
+
+    plain = [h[0].tokens for h in ours()]
+    original = beam_module._next_log_probs
+    monkeypatch.setattr(beam_module, "_next_log_probs",
+                        lambda *args, **kwargs: torch.log_softmax(original(*args, **kwargs), dim=-1))
+    renormalised = ours()
+    assert [h[0].tokens for h in renormalised] == [h[0][0] for h in theirs]
+    below_cap = 0
+    for source, mine, (_, score) in zip(sources, renormalised, (h[0] for h in theirs)):
+        if len(mine[0].tokens) < int(1.2 * len(source) + 10):  # at the cap ours adds a forced EOS (deploy.md)
+            assert abs(mine[0].score - score) < 1e-4
+            below_cap += 1
+    print(f"beam {beam} lenpen {lenpen}: {below_cap} of {len(lines)} end before their cap")
+    assert below_cap >= 8
+    assert len({tuple(ids) for ids in plain}) >= 20, "outputs should vary"
+    if beam > 1:  # where hypotheses compete the difference shows (greedy's argmax does not move)
+        assert plain != [h[0].tokens for h in renormalised]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(random_export, capsys):
+    root, _ = random_export
+    out = root / "existing"
+    out.mkdir(exist_ok=True)
+    (out / "keep.txt").write_text("mine")
+    cases = [(["--format", "ctranslate2"], out, "exists"),
+             (["--format", "ctranslate2", "--quantization", "int4"], root / "new", "invalid choice"),
+             (["--quantization", "int8"], root / "new", "only applies to --format ctranslate2")]
+    for flags, target, words in cases:
+        code, _, err = run_cli(capsys, "convert", root / "ckpt", target, *flags)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert words in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert not (root / "new").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")], "no temporary folder may stay behind"
+    code, _, err = run_cli(capsys, "translate", "--checkpoint", root / "ckpt", "--engine", "ctranslate2",
+                           "--input", root / "corpus.txt", "--output", root / "out.txt")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "admin_ds_ctranslate2.json" in err, err
+    assert not (root / "out.txt").exists()
