@@ -7,6 +7,7 @@ our beam search gives, int8 must keep BLEU within 0.5 of fp32, and bad input lea
 
 import copy
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -66,11 +67,14 @@ def trained(tmp_path_factory):
     prepare(PrepareConfig(train_prefix=root / "text" / "train", valid_prefix=root / "text" / "dev",
                           source_lang="de", target_lang="en", out_dir=root / "data", vocab_size=2000,
                           max_positions=64, workers=1, progress=False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # training is the slow part: all cores (decoding tests use one)
     assert cli.main(["train", "--data", str(root / "data"), "--save-dir", str(root / "run"), "--arch", "admin-tiny",
                      "--encoder-layers", "3", "--decoder-layers", "3", "--d-model", "128", "--nhead", "4",
                      "--ffn-dim", "512", "--max-tokens", "4096", "--max-steps", str(TRAIN_STEPS), "--lr", "2e-3",
                      "--warmup-updates", "100", "--log-interval", "100", "--save-interval", str(TRAIN_STEPS),
                      "--validate-interval", "0", "--no-tensorboard"]) == 0
+    torch.set_num_threads(threads)
     for name, extra in (("ct2-fp32", []), ("ct2-int8", ["--quantization", "int8"])):
         assert cli.main(["convert", str(root / "run"), str(root / name), "--format", "ctranslate2", *extra]) == 0
     return root
