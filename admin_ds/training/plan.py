@@ -164,23 +164,43 @@ def _size(value: float) -> str:
     return f"{value / GIB:8.2f} GiB" if value >= GIB else f"{value / (1 << 20):8.1f} MiB"
 
 
+def _what_parameters(s: PlanConfig) -> str:
+    if s.offload_params:
+        return "in host memory; one gathered layer here"
+    return f"{s.precision} working copy" + (" 1/W + one gathered layer" if s.zero == 3 else "")
+
+
+def _what_gradients(s: PlanConfig) -> str:
+    if s.offload:
+        return {1: f"{s.precision} gradients (reduced to host memory)", 2: "reduced straight into host memory",
+                3: "one gathered layer's; the rest in host memory"}[s.zero]
+    if s.zero == 0:
+        return f"{s.precision} gradients" + ("" if s.precision == "fp32" else " + fp32 copy")
+    if s.zero == 3:
+        return "fp32 partition 1/W + one gathered layer's"
+    return f"{s.precision} gradients{' 1/W' if s.zero == 2 else ''} + fp32 partition 1/W"
+
+
+def _what_optimizer(s: PlanConfig) -> str:
+    if s.offload:
+        return "in host memory"
+    if s.zero == 0:
+        return "Adam moments (weights updated in place)" if s.precision == "fp32" else \
+            "fp32 master weights + Adam moments"
+    return "fp32 master weights + Adam moments, 1/W"
+
+
 def render(plan: Plan) -> str:
     """The table ``admin-ds plan`` prints."""
     m, s, c = plan.model, plan.setup, plan.count
     stage = f"ZeRO-{s.zero}" + (" + offload" if s.offload else "") + (" (params too)" if s.offload_params else "")
     ckpt = f"checkpointing every {m.checkpoint_every} layers" if m.checkpoint_every else "no activation checkpointing"
-    work = "fp32" if s.precision == "fp32" else s.precision
     act = plan.activations
-    rows = [
-        ("parameters", plan.states.parameters, f"{work} working copy" + (", 1/W + one gathered layer"
-                                                                             if s.zero == 3 else "")),
-        ("gradients", plan.states.gradients, f"{work} gradients" + ("" if s.precision == "fp32" and s.zero == 0
-                                                                    else " + fp32 partition")),
-        ("optimizer states", plan.states.optimizer_states, "fp32 master weights + Adam moments"
-         if s.precision != "fp32" or s.zero else "Adam moments"),
-        ("activations", act.peak, f"peak of one micro-batch: saved {_size(act.saved).strip()}, "
-                                  f"loss gradients {_size(act.loss).strip()}"),
-    ]
+    rows = [("parameters", plan.states.parameters, _what_parameters(s)),
+            ("gradients", plan.states.gradients, _what_gradients(s)),
+            ("optimizer states", plan.states.optimizer_states, _what_optimizer(s)),
+            ("activations", act.peak, f"peak of one micro-batch: saved {_size(act.saved).strip()}, "
+                                      f"loss gradients {_size(act.loss).strip()}")]
     lines = [f"{plan.arch}: {m.encoder_layers}-{m.decoder_layers}, d={m.d_model}, ffn {m.ffn_dim}, "
              f"{m.nhead} heads, vocab {m.tgt_vocab_size}: {c.total / 1e6:.1f}M parameters "
              f"(largest layer {c.largest_layer / 1e6:.1f}M)",
