@@ -82,15 +82,18 @@ def main(argv=None) -> int:
                "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                            "python": platform.python_version(), "load_before": round(os.getloadavg()[0], 2)},
                "benchmarks": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or ADAPTERS:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         results["benchmarks"][name] = entry = run_one(name, args.quick)
         print(f"[bench] {name}: {entry['status']} {entry.get('seconds', '')}", file=sys.stderr, flush=True)
+        # After every benchmark, so that a long run that is stopped keeps what it measured.
+        write_json_atomic(args.out / "results.json", {**results, "complete": False})
     if not args.only:
         for name, reason in EXCLUDED.items():
             results["benchmarks"][name] = {"status": "excluded", "reason": reason}
     results["seconds"] = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
+    results["complete"] = True
     write_json_atomic(args.out / "results.json", results)
     table = markdown(results)
     write_text_atomic(args.out / "results.md", table)
