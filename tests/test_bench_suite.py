@@ -19,7 +19,7 @@ def test_quick_suite_writes_every_benchmark(tmp_path):
                           env={**launcher_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["quick"] is True
+    assert results["quick"] is True and results["complete"] is True
     entries = results["benchmarks"]
     scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"__main__", "suite", "flops"}
     assert scripts <= set(entries), f"benchmarks without an entry: {sorted(scripts - set(entries))}"
