@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "average-checkpoints": ("admin_ds.cli.average", "average the last N checkpoints into one model"),
     "convert": ("admin_ds.cli.convert", "convert a DeepSpeed checkpoint to safetensors or a plain Post-LN model"),
     "demo": ("admin_ds.cli.demo", "run the whole flow on a built-in corpus"),
+    "plan": ("admin_ds.cli.plan", "memory per rank of a model and a ZeRO setup, and whether it fits a GPU"),
     "plot": ("admin_ds.cli.plot", "plot loss curves, ω per sublayer, loss scale and tokens/s from run files"),
 }
 

@@ -1,0 +1,47 @@
+"""The benchmark suite's smoke run (``python -m bench --quick``): every benchmark of bench/ has an entry, each
+that ran has finite ratios from at least 5 side-by-side repeats, and the others say why they did not run."""
+
+import json
+import math
+import subprocess
+import sys
+
+import torch
+
+from launch_util import REPO, launcher_env
+
+
+def test_quick_suite_writes_every_benchmark(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from bench.suite import ADAPTERS, EXCLUDED, TATOEBA
+
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=REPO,
+                          env={**launcher_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True and results["complete"] is True
+    entries = results["benchmarks"]
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"__main__", "suite", "flops"}
+    assert scripts <= set(entries), f"benchmarks without an entry: {sorted(scripts - set(entries))}"
+    assert set(entries) == set(ADAPTERS) | set(EXCLUDED)
+    for name, entry in entries.items():
+        if name in EXCLUDED:
+            assert entry["status"] == "excluded" and entry["reason"]
+            continue
+        if name == "gpu_check":  # the suite never runs it; without a GPU the reason says so
+            assert entry["status"] == "skipped" and ("GPU" in entry["reason"] or torch.cuda.is_available())
+            continue
+        if name == "bench_prepare" and not (TATOEBA / "train.de").is_file():
+            assert entry["status"] == "skipped" and "Tatoeba" in entry["reason"]
+            continue
+        assert entry["status"] == "ran", (name, entry)
+        assert entry["figures"], name
+        for figure in entry["figures"]:
+            assert figure["n"] >= 5 and len(figure["ratios"]) == figure["n"], (name, figure)
+            numbers = [figure["ratio"], figure["min"], figure["max"], *figure["ratios"], *figure["medians"].values()]
+            assert all(math.isfinite(x) and x > 0 for x in numbers), (name, figure)
+            assert figure["min"] <= figure["ratio"] <= figure["max"]
+            assert len(figure["medians"]) == 2, (name, figure)
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("\n| `") == sum(len(e.get("figures", [])) for e in entries.values())
+    assert "`stability`: excluded" in table
