@@ -230,6 +230,49 @@ def bench_prepare(quick: bool) -> list[Figure]:
                          "prepare", "bare loop", times)]
 
 
+def bench_ctranslate2(quick: bool) -> list[Figure]:
+    """The script's --random-arch mode: CTranslate2 (fp32, int8) against our beam search on one random-weight
+    model and the same Tatoeba lines; outputs run mostly to the length cap (bench_ctranslate2.py says why)."""
+    from admin_ds.checkpoints.convert import convert
+    from admin_ds.data import train_sentencepiece
+    from admin_ds.inference.config import DecodingConfig
+    from admin_ds.inference.translate import load_translator, translate_with
+    from bench import bench_ctranslate2 as b
+
+    try:
+        from admin_ds.inference.ctranslate2_engine import CT2Model, translate_ct2
+    except ImportError as err:
+        raise Skip(f"ctranslate2 is not installed ({err})") from None
+    if not (TATOEBA / "test.de").is_file():
+        raise Skip(f"Tatoeba de-en not found at {TATOEBA}")
+    arch, count, vocab = ("admin-tiny", 8, 300) if quick else ("admin-6-6", 100, 8000)
+    sources = b.subset(str(TATOEBA / "test.de"), count)
+    decoding = DecodingConfig(beam=5, max_tokens=4096, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        spm = train_sentencepiece([TATOEBA / "test.de", TATOEBA / "test.en"], Path(tmp) / "spm", vocab, "bpe")
+        checkpoint = b.random_checkpoint(arch, str(spm), Path(tmp) / "random")
+        model, tokenizer, tgt_tokenizer = load_translator(str(checkpoint), decoding)
+        ours = lambda: translate_with(model, tokenizer, tgt_tokenizer, sources, decoding)  # noqa: E731
+        figures = []
+        for quantization in (None, "int8"):
+            out = Path(tmp) / f"ct2-{quantization or 'fp32'}"
+            convert(checkpoint, out, format="ctranslate2", quantization=quantization)
+            ct2 = CT2Model(out, threads=torch.get_num_threads())
+            theirs = lambda ct2=ct2: translate_ct2(ct2, sources, decoding)  # noqa: E731
+            ours(), theirs()  # warm-up
+            times = alternate(lambda: _seconds(theirs), lambda: _seconds(ours), 5)
+            figures.append(speed_figure(f"CTranslate2 {quantization or 'fp32'} vs our beam search, {arch} random, "
+                                        f"{count} lines, beam 5", "translation speed, CTranslate2 / ours",
+                                        "ctranslate2", "admin-ds", times))
+    return figures
+
+
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def needs_gpu(quick: bool) -> list[Figure]:
     if not torch.cuda.is_available():
         raise Skip("needs a CUDA GPU (none here)")
@@ -239,7 +282,7 @@ def needs_gpu(quick: bool) -> list[Figure]:
 ADAPTERS: dict[str, Callable[[bool], list[Figure]]] = {
     "bench_model": bench_model, "bench_dropout": bench_dropout, "bench_cpu_bf16": bench_cpu_bf16,
     "bench_checkpointing": bench_checkpointing, "bench_generate": bench_generate, "bench_engine": bench_engine,
-    "bench_prepare": bench_prepare, "gpu_check": needs_gpu,
+    "bench_prepare": bench_prepare, "bench_ctranslate2": bench_ctranslate2, "gpu_check": needs_gpu,
 }
 
 # Scripts the suite does not run, and why (each still runs alone; bench/README.md has its sizes).
