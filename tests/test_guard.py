@@ -58,6 +58,7 @@ def test_rollback_cuts_base_and_current_learning_rates():
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
     assert cut_learning_rate(SimpleNamespace(lr_scheduler=schedule), 0.5)
     assert schedule.base_lrs == [0.5] and optimizer.param_groups[0]["lr"] == 0.25
+    optimizer.step()  # no gradients: changes nothing, but keeps torch's step order
     schedule.step()
     assert optimizer.param_groups[0]["lr"] == 0.25  # the cut survives the schedule's next step
     assert not cut_learning_rate(SimpleNamespace(lr_scheduler=object()), 0.5)
