@@ -100,8 +100,9 @@ def test_non_finite_gradients_on_one_rank_are_skipped_or_rolled_back(tmp_path, s
     cases = [{"name": "skip", "bad_grads": [1, "3"],
               "argv": train_argv(synthetic_data, tmp_path / "skip", z0, 6, "--save-interval", "2")},
              {"name": "rollback", "bad_grads": [1, "4,5,6"],
+              # --no-resume: a rollback must still reload (it once went through the resume, which that skips)
               "argv": train_argv(synthetic_data, tmp_path / "rollback", z2, 8, "--save-interval", "2",
-                                 "--skip-patience", "3")}]
+                                 "--skip-patience", "3", "--no-resume")}]
     out = run_cases(tmp_path, cases, "guard")
     skip = rows(tmp_path / "skip")
     assert [r["skipped_updates"] for r in skip] == [0, 0, 1, 1, 1, 1]

@@ -42,6 +42,21 @@ def is_deepspeed_dir(path: Path) -> bool:
 _SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 
 
+def rank_files(tag_dir: Path, rank: int, stage: int) -> list[Path]:
+    """The files DeepSpeed's save writes for ``rank`` at ZeRO ``stage``: its optimizer shard (``bf16_``-prefixed
+    from DeepSpeed's bf16 optimizer, ZeRO-1 in bf16), its model-states shard at ZeRO-3, and rank 0's model
+    states below ZeRO-3 (which hold the optimizer too at ZeRO-0)."""
+    shard = f"zero_pp_rank_{rank}_mp_rank_00"
+    files = []
+    if stage >= 1:
+        files.append(next(tag_dir.glob(f"*{shard}_optim_states.pt"), tag_dir / f"{shard}_optim_states.pt"))
+    if stage == 3:
+        files.append(tag_dir / f"{shard}_model_states.pt")
+    elif rank == 0:
+        files.append(tag_dir / "mp_rank_00_model_states.pt")
+    return files
+
+
 def saved_world_size(tag_dir: Path) -> Optional[int]:
     """The number of ranks that wrote a checkpoint folder: its optimizer shards, one per data-parallel rank.
     None when it has none (ZeRO-0 in fp32: the model states file holds everything, for any world size)."""

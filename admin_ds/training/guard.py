@@ -32,6 +32,7 @@ class UpdateGuard:
         self.in_a_row = 0
         self.skipped = 0  # over this process's part of the run
         self.skipping = False  # the guard itself skips the current step (ZeRO-0 in fp32)
+        self.diverged = False  # set by after_step, cleared by reset
 
     def before_step(self, engine) -> Optional[float]:
         """The gradient norm where DeepSpeed keeps none; if it is not finite, the coming step is skipped."""
@@ -47,7 +48,7 @@ class UpdateGuard:
             _clear_skip(engine.optimizer)
             self.skipping = False
         if engine.was_step_applied():
-            self.in_a_row = 0
+            self.in_a_row, self.diverged = 0, False
             return False
         self.in_a_row += 1
         self.skipped += 1
@@ -57,10 +58,11 @@ class UpdateGuard:
             # fp16's first skips are the loss scale finding its level: DeepSpeed reports those itself.
             log.warning("update %d skipped: non-finite loss or gradients (%d in a row%s)", step, self.in_a_row,
                         f", loss scale {scale:g}" if scale is not None else "")
-        return self.in_a_row >= self.cfg.skip_patience or at_floor
+        self.diverged = self.in_a_row >= self.cfg.skip_patience or at_floor
+        return self.diverged
 
     def reset(self) -> None:
-        self.in_a_row = 0
+        self.in_a_row, self.diverged = 0, False
 
 
 def _skip_next_step(optimizer) -> None:

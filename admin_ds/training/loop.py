@@ -119,6 +119,7 @@ class Trainer:
         self.step = 0
         self.guard = UpdateGuard(self.failure, self.ds_config)
         self.rollbacks, self.lr_scale = 0, 1.0  # divergence rollbacks so far, and their learning-rate cut
+        self.good_tag: Optional[str] = None  # this run's newest checkpoint: where a rollback goes
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
@@ -165,6 +166,7 @@ class Trainer:
                         "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
         save_run_checkpoint(self.engine, self.save_dir, step_tag(self.step), client_state, self.rank,
                             self.cfg.keep_last, self.device)
+        self.good_tag = step_tag(self.step)
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint ``latest`` names: weights (ω among them), optimizer, schedule, the
@@ -172,6 +174,11 @@ class Trainer:
         tag = latest_tag(self.save_dir) if self.cfg.resume else None
         if tag is None:
             return False
+        self._load(tag)
+        return True
+
+    def _load(self, tag: str) -> None:
+        """Weights, optimizer, schedule, data position and RNG streams of checkpoint ``tag``."""
         check_weights_only(self.save_dir / tag)  # every rank, every file: they all refuse together
         client_state = load_any_world_size(self.engine, self.save_dir, tag, self.rank, self.world, self.device)
         if client_state is None:
@@ -186,7 +193,7 @@ class Trainer:
             log.warning("%s is missing: this rank's random streams start afresh (the resume is not exact)",
                         rng_file)
         log.info("resumed from %s at step %d", rng_file.parent, self.step)
-        return True
+        self.good_tag = tag
 
     # --- Admin ----------------------------------------------------------------------------------------
     def init_omega(self, first_batch: Batch) -> None:
@@ -232,7 +239,7 @@ class Trainer:
                     needs_omega = False
                 if not self._train_step(batch, window):
                     continue  # gradient accumulation: no update yet
-                if self._diverged:
+                if self.guard.diverged:
                     self._roll_back(window)
                     break  # the data position moved back: start its iteration again
                 self._after_update(window)
@@ -251,16 +258,15 @@ class Trainer:
             self.grad_norm = self.guard.before_step(self.engine)
         self.engine.step()
         if boundary:
-            self._diverged = self.guard.after_step(self.engine, self.step + 1)
+            self.guard.after_step(self.engine, self.step + 1)
         window.add(loss_sum, nll_sum, batch.ntokens)
         return boundary
 
-    _diverged = False
-
     def _roll_back(self, window: TokenSums) -> None:
-        """Back to the checkpoint ``latest`` names with the learning rate cut, or stop (a UserError) when the
-        rollbacks are used up; every rank decides the same (guard.py) and so reloads together."""
-        diverged_at, tag = self.step + 1, latest_tag(self.save_dir)
+        """Back to this run's last checkpoint (saved or resumed from; never an older run's that --no-resume
+        ignored) with the learning rate cut, or stop (a UserError) when the rollbacks are used up; every rank
+        decides the same (guard.py) and so reloads together."""
+        diverged_at, tag = self.step + 1, self.good_tag
         reason = (f"training diverged at update {diverged_at}: {self.guard.in_a_row} update(s) in a row skipped "
                   f"for non-finite loss or gradients")
         if tag is None or self.rollbacks >= self.failure.max_rollbacks:
@@ -268,12 +274,11 @@ class Trainer:
             raise UserError(f"{reason}; {kept} (rollbacks used: {self.rollbacks} of {self.failure.max_rollbacks}). "
                             "Lower --lr or lengthen --warmup-updates, then run again")
         rollbacks, lr_scale = self.rollbacks + 1, self.lr_scale * self.failure.rollback_lr_factor
-        self.try_resume()
+        self._load(tag)
         self.rollbacks, self.lr_scale = rollbacks, lr_scale
         if not cut_learning_rate(self.engine, self.failure.rollback_lr_factor):
             log.warning("the learning rate is not cut: the DeepSpeed config's scheduler sets it")
         self.guard.reset()
-        self._diverged = False
         window.sums.zero_()
         log.warning("%s; rolled back to %s (rollback %d of %d), learning rate x%g", reason, tag, rollbacks,
                     self.failure.max_rollbacks, lr_scale)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from admin_ds.checkpoints.rundir import LATEST, latest_tag, prunable, rng_state_file
+from admin_ds.checkpoints.zero import rank_files
 from admin_ds.errors import UserError
 from admin_ds.io import write_bytes_atomic, write_text_atomic
 from admin_ds.training.engine import all_reduce_sum, save_checkpoint, zero_stage_of
@@ -72,14 +73,7 @@ def unreadable_files(tag_dir: Path, rank: int, stage: int) -> list[str]:
     Each rank checks its own files, so the check also holds where ranks do not share a file system. A
     torch.save file is a zip archive whose directory is written last: a file cut short by a crash or a
     full disk has none. Checking that needs only the file's tail, not a read of the whole checkpoint."""
-    shard = f"zero_pp_rank_{rank}_mp_rank_00"  # DeepSpeed's names (checkpoints/zero.py reads the same)
-    own = [rng_state_file(tag_dir.parent, tag_dir.name, rank)]
-    if stage >= 1:  # DeepSpeed's bf16 optimizer (ZeRO-1 in bf16) prefixes its shards with "bf16_"
-        own.append(next(tag_dir.glob(f"*{shard}_optim_states.pt"), tag_dir / f"{shard}_optim_states.pt"))
-    if stage == 3:
-        own.append(tag_dir / f"{shard}_model_states.pt")
-    elif rank == 0:
-        own.append(tag_dir / "mp_rank_00_model_states.pt")
+    own = [rng_state_file(tag_dir.parent, tag_dir.name, rank), *rank_files(tag_dir, rank, stage)]
     problems = []
     for path in own:
         if not path.is_file():

@@ -12,6 +12,7 @@ Launch and import costs are paid once for all cases.
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from faults import bad_grads
@@ -22,27 +23,33 @@ from admin_ds.training import engine as training_engine
 from admin_ds.training.loop import Trainer, setup_logging
 
 
-def main() -> int:
-    cases = json.loads(Path(sys.argv[1]).read_text())
+def run_cases(run_case: Callable[[dict, Trainer, int, Path], None]) -> int:
+    """``SCRIPT CASES.json OUT_DIR``: join the process group once, then for each case build the real Trainer
+    from its ``argv`` and hand it to ``run_case(case, trainer, rank, out_dir)``, which runs it and records."""
     out = Path(sys.argv[2])
     rank, _, _ = training_engine.init_distributed()
     setup_logging(rank)
-    for case in cases:
+    for case in json.loads(Path(sys.argv[1]).read_text()):
         trainer = Trainer(*run_configs(build_parser("train").parse_args(["train", *case["argv"]])))
-        undo = bad_grads(*map(str, case["bad_grads"])) if "bad_grads" in case else (lambda: None)
-        trainer.run()
-        undo()
-        torch.save(training_engine.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
-        if trainer.is_admin:
-            profile = training_engine.omega_profile(trainer.engine)
-            first = trainer.model.residuals("encoder")[0].omega
-            record = {"omega": profile.encoder + profile.decoder,
-                      "omega_local_numel": getattr(first, "ds_tensor", first).numel()}
-            (out / f"{case['name']}-rank{rank}.json").write_text(json.dumps(record))
+        run_case(case, trainer, rank, out)
         trainer.engine.destroy()
     training_engine.finish_distributed()
     return 0
 
 
+def run_and_save(case: dict, trainer: Trainer, rank: int, out: Path) -> None:
+    """Train, then save this rank's view of the full weights and, for Admin models, ω (see the docstring)."""
+    undo = bad_grads(*map(str, case["bad_grads"])) if "bad_grads" in case else (lambda: None)
+    trainer.run()
+    undo()
+    torch.save(training_engine.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
+    if trainer.is_admin:
+        profile = training_engine.omega_profile(trainer.engine)
+        first = trainer.model.residuals("encoder")[0].omega
+        record = {"omega": profile.encoder + profile.decoder,
+                  "omega_local_numel": getattr(first, "ds_tensor", first).numel()}
+        (out / f"{case['name']}-rank{rank}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cases(run_and_save))

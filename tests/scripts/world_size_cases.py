@@ -9,17 +9,14 @@ master weights and Adam's exp_avg / exp_avg_sq, whole (gathered over ranks), the
 and the pair indices of every batch this rank trained on ("seen").
 """
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+from train_cases import run_cases
 
-from admin_ds.cli import build_parser
-from admin_ds.cli.train import run_configs
-from admin_ds.training import engine as training_engine
-from admin_ds.training.loop import Trainer, setup_logging
+from admin_ds.training.loop import Trainer
 
 
 def engine_state(trainer: Trainer) -> dict:
@@ -35,38 +32,27 @@ def engine_state(trainer: Trainer) -> dict:
     return state
 
 
-def main() -> int:
-    cases = json.loads(Path(sys.argv[1]).read_text())
-    out = Path(sys.argv[2])
-    rank, _, _ = training_engine.init_distributed()
-    setup_logging(rank)
-    for case in cases:
-        trainer = Trainer(*run_configs(build_parser("train").parse_args(["train", *case["argv"]])))
-        seen: list[int] = []
-        train_step = trainer._train_step
+def record_case(case: dict, trainer: Trainer, rank: int, out: Path) -> None:
+    """Train, recording every batch's pair ids and the engine's state right after a resume and at the end."""
+    seen: list[int] = []
+    train_step, try_resume = trainer._train_step, trainer.try_resume
+    record = {"resumed": None, "seen": seen}
 
-        def recording(batch, window, train_step=train_step, seen=seen):
-            seen.extend(batch.ids.tolist())
-            return train_step(batch, window)
+    def recording(batch, window):
+        seen.extend(batch.ids.tolist())
+        return train_step(batch, window)
 
-        trainer._train_step = recording
-        record = {"resumed": None, "seen": seen}
-        try_resume = trainer.try_resume
+    def resume_and_record():
+        resumed = try_resume()
+        if resumed:
+            record["resumed"] = engine_state(trainer)
+        return resumed
 
-        def resume_and_record(try_resume=try_resume, record=record, trainer=trainer):
-            resumed = try_resume()
-            if resumed:
-                record["resumed"] = engine_state(trainer)
-            return resumed
-
-        trainer.try_resume = resume_and_record
-        trainer.run()
-        record.update(final=engine_state(trainer), epoch=trainer.train_data.epoch)
-        torch.save(record, out / f"{case['name']}-rank{rank}.pt")
-        trainer.engine.destroy()
-    training_engine.finish_distributed()
-    return 0
+    trainer._train_step, trainer.try_resume = recording, resume_and_record
+    trainer.run()
+    record.update(final=engine_state(trainer), epoch=trainer.train_data.epoch)
+    torch.save(record, out / f"{case['name']}-rank{rank}.pt")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cases(record_case))
