@@ -17,6 +17,8 @@ HOSTS_LINE="127.0.0.1 n1 n2 # admin-ds loopback cluster"
 NODES=(n1 n2)
 
 die() { echo "loopback_slurm.sh: $*" >&2; exit 2; }
+# shellcheck source=launch/cluster/pids.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pids.sh"
 
 write_config() {
   local dir=$1 base=$2 munge=$3 host
@@ -143,22 +145,6 @@ up() {
   echo "export SLURM_CONF=$dir/slurm.conf"
 }
 
-# Stop the process whose PID DIR/run/NAME.pid holds, if it is still the program we started.
-stop_daemon() {
-  local pidfile=$1 program=$2 pid
-  [[ -f $pidfile ]] || return 0
-  pid=$(cat "$pidfile")
-  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$program"; then
-    kill -TERM "$pid" 2> /dev/null || true
-    for _ in $(seq 100); do
-      [[ -e /proc/$pid ]] || break
-      sleep 0.1
-    done
-    [[ -e /proc/$pid ]] && kill -KILL "$pid" 2> /dev/null
-  fi
-  rm -f "$pidfile"
-}
-
 down() {
   local dir=$1 node munge
   [[ -d $dir ]] || die "no such cluster folder: $dir"
@@ -173,10 +159,10 @@ down() {
     done
   fi
   # Each takes seconds to shut down: stop the three at once.
-  for node in "${NODES[@]}"; do stop_daemon "$dir/run/slurmd-$node.pid" slurmd & done
-  stop_daemon "$dir/run/slurmctld.pid" slurmctld &
+  for node in "${NODES[@]}"; do stop_started "$dir/run/slurmd-$node.pid" slurmd & done
+  stop_started "$dir/run/slurmctld.pid" slurmctld &
   wait
-  stop_daemon "$dir/run/munged.pid" munged
+  stop_started "$dir/run/munged.pid" munged
   if [[ -f $dir/run/munge.dir ]]; then
     munge=$(cat "$dir/run/munge.dir")
     [[ $munge == /tmp/admin-ds-munge.* ]] && rm -rf -- "$munge"

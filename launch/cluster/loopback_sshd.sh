@@ -12,6 +12,8 @@
 set -euo pipefail
 
 die() { echo "loopback_sshd.sh: $*" >&2; exit 2; }
+# shellcheck source=launch/cluster/pids.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pids.sh"
 
 up() {
   local dir=$1 port=$2 sshd=/usr/sbin/sshd key
@@ -56,18 +58,8 @@ EOF
 }
 
 down() {
-  local dir=$1 pid
-  [[ -f $dir/sshd.pid.started ]] || return 0
-  pid=$(cat "$dir/sshd.pid.started")
   # Only the listener we started, and only while that PID is still an sshd with our config.
-  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF "$dir/sshd_config"; then
-    kill -TERM "$pid" 2> /dev/null || true
-    for _ in $(seq 50); do
-      [[ -e /proc/$pid ]] || break
-      sleep 0.1
-    done
-  fi
-  rm -f "$dir/sshd.pid.started"
+  stop_started "$1/sshd.pid.started" "$1/sshd_config"
 }
 
 case "${1:-}" in
