@@ -97,7 +97,11 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
+        # Under torch.compile (compiled.py) the graph's own dropout replaces the CPU path: its 64-bit random_
+        # and the tape (thread-local state, RNG get/set) would break the graph, and inductor fuses the mask
+        # into the neighbouring kernels anyway. A checkpointed segment then gets the same masks back from
+        # torch.utils.checkpoint's RNG restore, as on CUDA.
+        if torch.compiler.is_compiling() or x.device.type != "cpu" or round(self.p * _LEVELS) == 0:
             return F.dropout(x, self.p, training=True)
         if _tape.replay is not None:
             mask, scale, rng_after = _replayed(x)

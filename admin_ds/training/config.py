@@ -88,6 +88,8 @@ class TrainConfig:
                                                      "rank 0")
     profile_dropout: bool = option(True, help="profile ω with dropout off (deterministic) instead of in "
                                               "training mode", flags=("--profile-no-dropout",))
+    compile_layers: bool = option(False, help="torch.compile each encoder and decoder layer (one graph per "
+                                              "layer class; docs/speed.md); not with ZeRO-3 (default: off)")
     zero_init: bool = option(False, help="ZeRO-3: build the model partitioned (deepspeed.zero.Init)")
     resume: bool = option(True, help="start afresh even if --save-dir holds a checkpoint", flags=("--no-resume",))
     tensorboard: bool = option(True, help="write no TensorBoard scalars", flags=("--no-tensorboard",))

@@ -33,6 +33,7 @@ from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
+from admin_ds.model.compiled import compile_layers
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
     all_reduce_sum,
@@ -208,6 +209,11 @@ class Trainer:
             source = self.cfg.omega_profile or "rank 0's first batch"
             log.info("%s (from %s, %.2f s)", profile.summary(), source, time.perf_counter() - start)
 
+    def compile_layers(self) -> None:
+        """--compile-layers: torch.compile each layer in place (model/compiled.py; the first steps compile)."""
+        if self.cfg.compile_layers:
+            log.info("compiling %d layers with torch.compile", compile_layers(self.model))
+
     # --- validation -----------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
@@ -228,6 +234,8 @@ class Trainer:
         resumed = self.try_resume()
         self._start_records()
         needs_omega = not resumed
+        if resumed:
+            self.compile_layers()  # ω came back with the weights: no profiling forward to keep eager
         window = TokenSums(self.device)
         self.started = self._window_start = time.perf_counter()
         first_step = self.step
@@ -236,6 +244,7 @@ class Trainer:
                 batch = batch.to(self.device)
                 if needs_omega:
                     self.init_omega(batch)
+                    self.compile_layers()  # after the ω hook: its profiling forward must not be traced
                     needs_omega = False
                 if not self._train_step(batch, window):
                     continue  # gradient accumulation: no update yet

@@ -34,6 +34,7 @@ def deepspeed_config(user_config: dict, cfg: TrainConfig) -> dict:
     if "optimizer" in config:
         config["optimizer"].setdefault("params", {})["lr"] = cfg.lr
     config.setdefault("steps_per_print", 10 ** 9)  # our own logging replaces DeepSpeed's
+    refuse_compile_layers(cfg, config)
     return config
 
 
@@ -67,6 +68,16 @@ def checkpointing_from_config(model_cfg: ModelConfig, config: dict, flag: Option
     if flag is None and "activation_checkpointing" in config and model_cfg.checkpoint_every == 0:
         return dataclasses.replace(model_cfg, checkpoint_every=1)
     return model_cfg
+
+
+def refuse_compile_layers(cfg: TrainConfig, config: dict) -> None:
+    """--compile-layers with a DeepSpeed config it cannot work under: a UserError that says why."""
+    if cfg.compile_layers and int(config.get("zero_optimization", {}).get("stage", 0)) == 3:
+        # Tried (DeepSpeed 0.19.8, admin-tiny, 4 steps): it runs, but ZeRO-3's parameter-gather hooks on every
+        # module break each layer into dozens of graphs (73 graph breaks) and several frames hit dynamo's
+        # recompile limit and fall back to eager: compile time with none of the fusion (docs/speed.md).
+        raise UserError("--compile-layers does not work with ZeRO stage 3: DeepSpeed's parameter-gather hooks "
+                        "break every layer's graph apart; use ZeRO-1/2, or drop --compile-layers")
 
 
 class KeysRead(dict):
