@@ -153,6 +153,21 @@ def bench_checkpointing(quick: bool) -> list[Figure]:
                    [a / b for a, b in zip(on, off)], {"checkpointed": on, "plain": off})]
 
 
+def bench_compile(quick: bool) -> list[Figure]:
+    from bench import bench_compile as b
+
+    name, repeats, steps = ("2-2 d=32", 5, 1) if quick else ("18-6 d=256", 7, 2)
+    if quick:  # bench_model's batch is a module constant: a smaller one for the smoke run
+        b.bm.BATCH, b.bm.SRC_LEN, b.bm.TGT_LEN = 8, 12, 12
+    models, batch = b.make_pair(b.CONFIGS[name], count_ops=False), b.bm.make_batch()
+    b.timed(models["compiled"], batch, 1)  # compiles; bench_compile.py reports how long that takes
+    b.timed(models["eager"], batch, 1)
+    times = alternate(lambda: b.timed(models["compiled"], batch, steps), lambda: b.timed(models["eager"], batch, steps),
+                      repeats)
+    return [speed_figure(f"compiled layers vs eager, {name}", "training-step speed, compiled / eager",
+                         "compiled", "eager", times)]
+
+
 def bench_generate(quick: bool) -> list[Figure]:
     import admin_ds
     from admin_ds.inference.beam import generate, make_batch
@@ -282,7 +297,8 @@ def needs_gpu(quick: bool) -> list[Figure]:
 ADAPTERS: dict[str, Callable[[bool], list[Figure]]] = {
     "bench_model": bench_model, "bench_dropout": bench_dropout, "bench_cpu_bf16": bench_cpu_bf16,
     "bench_checkpointing": bench_checkpointing, "bench_generate": bench_generate, "bench_engine": bench_engine,
-    "bench_prepare": bench_prepare, "bench_ctranslate2": bench_ctranslate2, "gpu_check": needs_gpu,
+    "bench_prepare": bench_prepare, "bench_ctranslate2": bench_ctranslate2, "bench_compile": bench_compile,
+    "gpu_check": needs_gpu,
 }
 
 # Scripts the suite does not run, and why (each still runs alone; bench/README.md has its sizes).
