@@ -329,9 +329,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((value for key, value in PEAK_DENSE_16BIT.items() if key in name), None)
     run = Run(args, device, peak or matmul, "datasheet" if peak else "measured matmul", matmul)
-    print(json.dumps({"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                      "matmul_tflops": round(matmul / 1e12, 3), "peak_tflops": round(run.peak_flops / 1e12, 3),
-                      "peak_source": run.peak_source, "budget_s": args.budget_s}), flush=True)
+    about = json.dumps({"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+                        "matmul_tflops": round(matmul / 1e12, 3), "peak_tflops": round(run.peak_flops / 1e12, 3),
+                        "peak_source": run.peak_source, "budget_s": args.budget_s})
+    print(about, flush=True)
+    (Path(args.out) / "device.json").write_text(about + "\n")
+    (Path(args.out) / "gpu_check.jsonl").write_text("")  # this run's rows only
     rows: list[dict] = []
     for group in groups(run):
         if args.only and not any(part in group.label for part in args.only):

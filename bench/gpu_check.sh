@@ -20,22 +20,27 @@ OUT=${1:-${OUT:-/tmp/gpu_check}}
 BUDGET_S=${BUDGET_S:-450}
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd) || exit 2
 cd "$(dirname "$0")/.." || exit 2
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "gpu_check.sh: installing .whl/ failed" >&2; exit 2; }
+WHEELS=${WHEELS:-.whl}  # the test points it elsewhere: these wheels are for the device's Python 3.12
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEELS"/*.whl || { echo "gpu_check.sh: installing $WHEELS/ failed" >&2; exit 2; }
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import deepspeed, pydantic, hjson" 2>/dev/null \
   || { echo "gpu_check.sh: DeepSpeed does not import: carry .whl/ (see this script's header)" >&2; exit 2; }
-# DeepSpeed parses TORCH_CUDA_ARCH_LIST as plain numbers; an arch-specific "9.0a" entry breaks its op builder.
-TORCH_CUDA_ARCH_LIST=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || exit 2
-MAX_JOBS=$(nproc)
-export TORCH_CUDA_ARCH_LIST MAX_JOBS PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-  nvcc --version | tail -n 1; python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)"
-} 2>&1 | tee "$OUT/device.txt"
+export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_ext
+if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  # DeepSpeed parses TORCH_CUDA_ARCH_LIST as plain numbers; an arch-specific "9.0a" entry breaks its op builder.
+  TORCH_CUDA_ARCH_LIST=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  MAX_JOBS=$(nproc)  # ninja's jobs for the FusedAdam JIT build
+  export TORCH_CUDA_ARCH_LIST MAX_JOBS
+  { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+    nvcc --version | tail -n 1; } 2>&1 | tee "$OUT/device.txt"
+fi
+python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 \
+  | grep -v WARNING | tee -a "$OUT/device.txt"
 
 timeout --kill-after=10 $((${BUDGET_S%.*} + 90)) python3 bench/gpu_check.py --out "$OUT" --budget-s "$BUDGET_S" "$@" \
   2>&1 | tee "$OUT/gpu_check.log"
