@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,6 +80,8 @@ class Run:
     took: dict = field(default_factory=dict)  # (side, shape, checkpoint_every) -> seconds it took
 
     def left(self) -> float:
+        if self.args.deadline is not None:
+            return self.args.deadline - time.time()
         return self.args.budget_s - (time.perf_counter() - self.start)
 
     def need(self, side: str, shape: str, every: int) -> float:
@@ -168,13 +171,23 @@ def _stock_once(run: Run, group: Group, micro: int) -> dict:
     return row
 
 
-def build_engine(run: Run, group: Group):
+def build_engine(run: Run, group: Group, torch_adam: bool = False):
+    """Our engine for the group, built on the device; if DeepSpeed's FusedAdam cannot be built or loaded,
+    once more with torch's Adam (``torch_adam``), so that the other figures still come (the row says so)."""
     config = json.loads((REPO / "ds_configs" / DS_CONFIGS[run.device.type][group.precision]).read_text())
-    config["optimizer"]["params"]["lr"] = LR
+    config["optimizer"]["params"].update(lr=LR, **({"torch_adam": True} if torch_adam else {}))
     torch.manual_seed(0)
     with torch.device(run.device) if run.device.type == "cuda" else nullcontext():
         model = build_model(group.arch, **group.overrides)
-    return training_engine.initialize(model, config, None, inverse_sqrt_schedule(4000, LR, 1e-7))
+    try:
+        return training_engine.initialize(model, config, None, inverse_sqrt_schedule(4000, LR, 1e-7)), None
+    except Exception as err:
+        if torch_adam or config["optimizer"]["params"].get("torch_adam"):
+            raise
+        traceback.print_exc()
+        del model
+        gc.collect()
+        return build_engine(run, group, torch_adam=True)[0], f"{type(err).__name__}: {str(err)[:300]}"
 
 
 def set_checkpointing(model, every: int) -> None:
@@ -187,8 +200,7 @@ def ours_step(run: Run, engine) -> Callable:
     fused = run.device.type == "cuda"
 
     def step(batch):
-        kernels = torch.nn.attention
-        with kernels.sdpa_kernel([kernels.SDPBackend.FLASH_ATTENTION, kernels.SDPBackend.EFFICIENT_ATTENTION]) \
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
                 if fused else nullcontext():  # on a GPU a fallback to the unfused math kernel raises
             loss_sum, _ = engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
                                  label_smoothing=LABEL_SMOOTHING)
@@ -233,6 +245,8 @@ def attempt(run: Run, group: Group, side: str, every: int, work: Callable[[], di
         emit(run, group, {**base, "skipped": f"time budget: {left:.0f} s left, the row needs ~{need:.0f} s"}, rows)
         return False
     start = time.perf_counter()
+    if run.device.type == "cuda":  # alive as the row starts: ~0 but for a leak, or the engine at ckpt=on
+        base["allocated_at_start_GiB"] = round(torch.cuda.memory_allocated() / batching.GIB, 3)
     try:
         row = work()
     except Exception as err:  # report and go on: one failure must not hide the other rows
@@ -255,13 +269,14 @@ def run_group(run: Run, group: Group, rows: list) -> None:
 
     def first() -> dict:
         start = time.perf_counter()
-        held["engine"] = build_engine(run, group)
+        held["engine"], optimizer_error = build_engine(run, group)
         init_s = time.perf_counter() - start
         start = time.perf_counter()
         first_batch = group.batches[0].batch.to(run.device)
         training_engine.omega_hook(held["engine"], first_batch.src_tokens, first_batch.tgt_input)
-        return ours_row(run, group, held["engine"], 0, {"init_s": round(init_s, 1),
-                                                        "hook_s": round(time.perf_counter() - start, 2)})
+        extra = {"init_s": round(init_s, 1), "hook_s": round(time.perf_counter() - start, 2)}
+        return ours_row(run, group, held["engine"], 0, {**extra, **({"fused_adam_error": optimizer_error}
+                                                                    if optimizer_error else {})})
 
     try:
         if attempt(run, group, "ours", 0, first, rows) or "engine" in held:
@@ -269,6 +284,9 @@ def run_group(run: Run, group: Group, rows: list) -> None:
     finally:
         if "engine" in held:
             held.pop("engine").destroy()
+        gc.collect()  # DeepSpeed's engine holds reference cycles: free its memory before the next group
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def groups(run: Run) -> list[Group]:
@@ -298,12 +316,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (for --device cpu: the test)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip the rows that would start past this")
+    parser.add_argument("--deadline", type=float, default=None, help="instead of --budget-s: skip the rows "
+                        "that would start past this Unix time (gpu_check.sh counts from its own start)")
     parser.add_argument("--min-config-s", type=float, default=None, help="time a row needs before any was "
                         "measured (default 30 on a GPU, 0 on a CPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--memory-fraction", type=float, default=0.65)
-    parser.add_argument("--max-tokens-cap", type=int, default=None, help="default 65536 (tiny: 512)")
+    parser.add_argument("--max-tokens-cap", type=int, default=None, help="default 65536 (tiny: 256)")
     parser.add_argument("--max-tokens", type=int, default=None, help="use this instead of the planned one")
     parser.add_argument("--pool", type=int, default=None, help="synthetic pairs (default 1e6; tiny: 20000)")
     parser.add_argument("--stock-micro-batches", type=int, default=1, help="first try (then 2x on OOM, up to 4)")
@@ -312,7 +332,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.min_config_s = args.min_config_s if args.min_config_s is not None else (30.0 if args.device == "cuda" else 0)
-    args.max_tokens_cap = args.max_tokens_cap or (512 if args.tiny else 65536)
+    args.max_tokens_cap = args.max_tokens_cap or (256 if args.tiny else 65536)
     args.pool = args.pool or (20000 if args.tiny else 1_000_000)
     return args
 
