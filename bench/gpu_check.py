@@ -1,7 +1,7 @@
 """GPU check (issue 15): training speed of 60-12 Admin models through our DeepSpeed engine on one GPU,
 against a stock ``nn.Transformer`` of the same shape on the same batches, in the same run.
 
-    python3 bench/gpu_check.py --out DIR [--budget-s 450]     # on a GPU (bench/gpu_check.sh runs this)
+    python3 bench/gpu_check.py --out DIR [--budget-s 450]     # on a GPU (bench/gpu_check.sh runs it)
     python3 bench/gpu_check.py --out DIR --device cpu --tiny  # every code path on a CPU, tiny shapes
 
 Matrix: 60-12 d=512 (ffn 2048, 8 heads) and d=1024 (ffn 4096, 16 heads), vocabulary 32000, x bf16 / fp16

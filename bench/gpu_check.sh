@@ -49,8 +49,10 @@ fi
 python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 \
   | grep -v WARNING | tee -a "$OUT/device.txt"
 
-timeout --kill-after=10 $((DEADLINE - $(date +%s) + 90)) python3 bench/gpu_check.py --out "$OUT" --deadline "$DEADLINE" \
-  "$@" 2>&1 | tee "$OUT/gpu_check.log"
+limit=$((DEADLINE - $(date +%s) + 90))
+[ "$limit" -lt 60 ] && limit=60
+timeout --kill-after=10 "$limit" python3 bench/gpu_check.py --out "$OUT" --deadline "$DEADLINE" "$@" 2>&1 \
+  | tee "$OUT/gpu_check.log"
 rc=$?
 if [ "$rc" -ne 0 ]; then  # killed or failed: the rows that finished, as a table
   echo "gpu_check.py ended with rc=$rc; the rows written so far:"
