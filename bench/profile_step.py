@@ -63,7 +63,8 @@ NO_KERNEL = frozenset({"view", "_unsafe_view", "as_strided", "reshape", "_reshap
                        "narrow", "alias", "detach", "detach_", "empty", "empty_like", "empty_strided", "resize_",
                        "unbind", "lift_fresh", "set_", "is_nonzero", "result_type", "size", "stride", "numel",
                        "_has_compatible_shallow_copy_type", "requires_grad_", "contiguous", "to", "_to_copy",
-                       "expand_as", "view_as", "flatten", "unflatten", "movedim", "diagonal", "zeros_like"})
+                       "expand_as", "view_as", "flatten", "unflatten", "movedim", "diagonal", "zeros_like",
+                       "resolve_conj", "resolve_neg", "scalar_tensor", "new_empty", "new_empty_strided"})
 
 
 def op_name(event) -> str:
@@ -73,9 +74,11 @@ def op_name(event) -> str:
 def kind_of(event) -> str:
     """The kind (see the module docstring) an op's own time is charged to."""
     name = event.name
-    if name.startswith("autograd::engine"):
-        return "autograd engine"
-    if name.startswith(("gloo:", "nccl:", "record_param_comms")) or "all_reduce" in name or "broadcast" in name:
+    if name.startswith(("autograd::engine", "torch::autograd::")) or name.endswith(("Backward0", "Backward1")):
+        return "autograd engine"  # the backward engine's node ranges: their own time is the engine's
+    if name.startswith(("gloo:", "nccl:", "c10d::", "record_param_comms")) or any(
+            word in name for word in ("all_reduce", "allreduce", "broadcast", "reduce_scatter", "allgather",
+                                      "all_gather")):
         return "communication"
     if op_name(event) in HOST_READ_OPS or name in ("aten::item", "cudaStreamSynchronize", "cudaDeviceSynchronize"):
         return "host reads"
@@ -164,8 +167,13 @@ def kernels_per_layer(layer: torch.nn.Module, x: torch.Tensor, *args) -> int:
         layer(x, *args).float().sum().backward()
     if on_gpu:
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and op_name(e) not in NO_KERNEL
-               and not any(child.name.startswith("aten::") for child in e.cpu_children))
+    return sum(1 for e in prof.events() if launches_kernel(e))
+
+
+def launches_kernel(event) -> bool:
+    """A CPU op that computes and calls no other such op (aten::mm computes though it calls resolve_conj)."""
+    return (event.name.startswith("aten::") and op_name(event) not in NO_KERNEL
+            and not any(launches_kernel(child) for child in event.cpu_children))
 
 
 def random_batch(batch: int, length: int, vocab: int, device: torch.device, seed: int = 0):

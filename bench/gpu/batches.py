@@ -22,7 +22,7 @@ import torch
 
 from admin_ds.data.batching import Batch, TokenBatchSampler, collate
 from admin_ds.model import ModelConfig
-from admin_ds.training.plan import GIB, PlanConfig, make_plan
+from admin_ds.training.plan import GIB, PlanConfig, largest_fitting_max_tokens, make_plan
 from admin_ds.vocab import SPECIAL_IDS
 
 SRC_LOG_MEAN, SRC_LOG_STD = 3.11, 0.54
@@ -99,12 +99,14 @@ def planned_bytes(arch: str, model: ModelConfig, precision: str, max_tokens: int
 def planned_max_tokens(arch: str, model: ModelConfig, precisions: list[str], memory_bytes: float, fraction: float,
                        cap: int, step: int, device: str) -> int:
     """The largest multiple of ``step`` up to ``cap`` whose plan (checkpointing off, each precision) fits
-    ``fraction`` of ``memory_bytes``; ``step`` if none does."""
+    ``fraction`` of ``memory_bytes`` (``admin-ds plan``'s own search, rounded down to ``step``); ``step`` if
+    none does."""
     plain = ModelConfig.from_dict({**model.to_dict(), "checkpoint_every": 0})
-    for tokens in range(cap - cap % step, step - 1, -step):
-        if all(planned_bytes(arch, plain, p, tokens, device) <= fraction * memory_bytes for p in precisions):
-            return tokens
-    return step
+    largest = [largest_fitting_max_tokens(arch, plain, PlanConfig(zero=2, precision=p, device=device,
+                                                                  gpu_memory=memory_bytes / GIB), fraction)
+               for p in precisions]
+    tokens = min(cap, *[t or 0 for t in largest])
+    return max(step, tokens - tokens % step)
 
 
 def to_device(batches: list[TimedBatch], device: torch.device) -> list[Batch]:
