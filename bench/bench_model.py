@@ -17,6 +17,10 @@ told to serve every allocation above 128 KiB with mmap (MALLOC_MMAP_THRESHOLD_) 
 the RSS, and the difference is the step's own peak (activations, gradients, autograd buffers). We read
 VmHWM from /proc rather than getrusage's ru_maxrss, which a child inherits from its (bigger) parent.
 Runs with torch.set_num_threads(2) (the CI machine).
+
+It also prints the step's achieved FLOP/s (the model FLOPs of bench/flops.py over our median step time)
+as a share of this machine's matmul FLOP/s at the model's own product shapes, measured in the same run
+(bench/matmul_rate.py): the part of the step that is not matrix work shows as the gap to 1.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from torch import nn
 
 from admin_ds.model import build_model
 from admin_ds.model.embedding import sinusoidal_positions
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import training_flops  # noqa: E402
+from matmul_rate import matmul_rate  # noqa: E402
 
 VOCAB = 8000
 PAD = 0
@@ -155,13 +163,22 @@ def bench(name: str, reps: int, warmup: int, steps: int) -> dict:
     for side in models:
         timed(models[side], batch, warmup)
     seconds = {"ours": [], "stock": []}
+    yardstick = []  # this machine's matmul FLOP/s at the model's shapes, measured next to every repetition
     for rep in range(reps):
         order = ("ours", "stock") if rep % 2 == 0 else ("stock", "ours")
         for side in order:
             seconds[side].append(timed(models[side], batch, steps))
+        yardstick.append(matmul_rate(models["ours"].cfg, BATCH, SRC_LEN, TGT_LEN, repeats=3)["flop_per_s"])
     medians = {side: statistics.median(s) for side, s in seconds.items()}
     memory = {side: memory_of(side, name) for side in models}
+    # Achieved FLOP/s (the model's matmul FLOPs, bench/flops.py) against the machine's at the same shapes,
+    # one ratio per repetition (both measured back to back), then their median.
+    step_flops = training_flops(models["ours"].cfg, BATCH, SRC_LEN, TGT_LEN)
+    rate_ratios = [step_flops / s / y for s, y in zip(seconds["ours"], yardstick)]
     return {
+        "achieved_gflop_per_s": step_flops / medians["ours"] / 1e9,
+        "matmul_gflop_per_s": statistics.median(yardstick) / 1e9,
+        "flop_rate_ratio": statistics.median(rate_ratios), "flop_rate_ratios": [round(r, 3) for r in rate_ratios],
         "config": name, "params": params, "tokens_per_step": tokens,
         "tokens_per_s": {side: tokens / medians[side] for side in models},
         "ms_per_step": {side: 1000 * medians[side] for side in models},
@@ -195,6 +212,9 @@ def main() -> None:
             print(f"  {side:5s}  {r['tokens_per_s'][side]:9.0f} tok/s  {r['ms_per_step'][side]:8.1f} ms/step  "
                   f"peak +{r['peak_mib'][side]:7.1f} MiB   runs(ms) {r['all_ms'][side]}")
         print(f"  ratio ours/stock (tokens/s): {r['ratio']:.3f}x")
+        print(f"  ours achieves {r['achieved_gflop_per_s']:.1f} GFLOP/s; this machine's matmuls at the model's shapes "
+              f"{r['matmul_gflop_per_s']:.1f} GFLOP/s (bench/matmul_rate.py); achieved / matmul rate: "
+              f"{r['flop_rate_ratio']:.3f}x (per repetition {r['flop_rate_ratios']})")
 
 
 if __name__ == "__main__":

@@ -309,7 +309,12 @@ EXCLUDED = {
     "bench_convert": "trains a 60-12 d=512 checkpoint on 2 ranks first (minutes, GiBs): run it alone",
     "bench_prepare_scale": "a scale study (millions of pairs, fresh processes, an old tree): run it alone",
     "stability": "a 50-minute training study; its --quick smoke run is tests/test_stability_bench.py",
+    "profile_step": "a profile (time by kind, kernels per layer), not a ratio: run it alone",
+    "bench_padding": "padding shares of one deterministic epoch, not timings: run it alone",
 }
+
+# Modules the benchmarks import, not benchmarks themselves.
+HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate"}
 
 
 def finite(figure: Figure) -> bool:

@@ -13,7 +13,7 @@ from launch_util import REPO, launcher_env
 
 def test_quick_suite_writes_every_benchmark(tmp_path):
     sys.path.insert(0, str(REPO))
-    from bench.suite import ADAPTERS, EXCLUDED, TATOEBA
+    from bench.suite import ADAPTERS, EXCLUDED, HELPERS, TATOEBA
 
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=REPO,
                           env={**launcher_env(), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
@@ -21,7 +21,7 @@ def test_quick_suite_writes_every_benchmark(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True and results["complete"] is True
     entries = results["benchmarks"]
-    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"__main__", "suite", "flops"}
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - HELPERS
     assert scripts <= set(entries), f"benchmarks without an entry: {sorted(scripts - set(entries))}"
     assert set(entries) == set(ADAPTERS) | set(EXCLUDED)
     for name, entry in entries.items():

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from admin_ds.cli import main as cli_main
 from admin_ds.model import PRESETS, TranslationModel, build_model, preset_config
 from admin_ds.model.memory import activation_bytes, parameter_count
-from admin_ds.training.plan import GIB, PlanConfig, make_plan, model_states
+from admin_ds.training.plan import FIT_FRACTION, GIB, PlanConfig, largest_fitting_max_tokens, make_plan, model_states
 
 from launch_util import REPO, launcher_env
 
@@ -188,6 +188,20 @@ def test_plan_json_holds_the_planner_figures(capsys):
     assert figures["bytes_per_gpu"] == expected.to_dict()["bytes_per_gpu"]
     assert figures["fits"] is (expected.gpu_total <= 40 * GIB)
     assert figures["model"]["checkpoint_every"] == 2
+
+
+@pytest.mark.parametrize("arch,gpu_memory", [("admin-60-12", 80), ("admin-60-12-big", 141), ("admin-6-6", 24)])
+def test_largest_fitting_max_tokens_is_the_last_batch_that_fits(arch, gpu_memory, capsys):
+    cfg = preset_config(arch)
+    setup = PlanConfig(zero=2, precision="bf16", gpu_memory=gpu_memory).validate()
+    tokens = largest_fitting_max_tokens(arch, cfg, setup)
+    total = lambda n: make_plan(arch, cfg, dataclasses.replace(setup, max_tokens=n)).gpu_total  # noqa: E731
+    assert tokens is not None and tokens % 1024 == 0
+    assert total(tokens) <= FIT_FRACTION * gpu_memory * GIB < total(tokens + 1024)
+    assert largest_fitting_max_tokens(arch, cfg, dataclasses.replace(setup, gpu_memory=None)) is None
+    assert largest_fitting_max_tokens(arch, cfg, dataclasses.replace(setup, gpu_memory=0.01)) is None
+    assert cli_main(["plan", "--arch", arch, "--precision", "bf16", "--gpu-memory", str(gpu_memory)]) == 0
+    assert f"largest --max-tokens within 65% of it: {tokens} " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

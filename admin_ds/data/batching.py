@@ -30,6 +30,8 @@ class Batch:
         tgt_output: [N, T] target ids + EOS (what it must predict, position by position)
         ntokens:    number of non-pad tokens in tgt_output (the loss normaliser)
         ids:        [N] dataset indices of the pairs
+        src_padded: whether any source row is padded, known on the host from the lengths, so the model
+                    need not ask the device (a host sync per forward); None = unknown, the model asks
     """
 
     src_tokens: torch.Tensor
@@ -37,6 +39,7 @@ class Batch:
     tgt_output: torch.Tensor
     ntokens: int
     ids: torch.Tensor
+    src_padded: Optional[bool] = None
 
     def __len__(self) -> int:
         return self.ids.numel()
@@ -59,7 +62,7 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int
     if not examples:
         raise ValueError("cannot collate an empty batch")
     src_ids, tgt_ids = zip(*examples)
-    src_tokens, _ = _pad_right(src_ids, None, special.eos, special.pad)  # [N, S]
+    src_tokens, src_lengths = _pad_right(src_ids, None, special.eos, special.pad)  # [N, S]
     tgt_input, tgt_lengths = _pad_right(tgt_ids, special.bos, None, special.pad)  # [N, T]
     tgt_output, _ = _pad_right(tgt_ids, None, special.eos, special.pad)  # [N, T]
     if vocab_sizes is not None:
@@ -69,7 +72,8 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int
                                 f"vocabulary of {size} (meta.json): the prepared data is corrupt")
     ntokens = int(tgt_lengths.sum()) + len(examples)  # every target row also predicts EOS
     return Batch(torch.from_numpy(src_tokens), torch.from_numpy(tgt_input), torch.from_numpy(tgt_output),
-                 ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)))
+                 ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)),
+                 src_padded=bool(src_lengths.min() < src_lengths.max()))
 
 
 def _pad_right(sequences: Sequence[np.ndarray], lead: Optional[int], tail: Optional[int],

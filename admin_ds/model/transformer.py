@@ -147,11 +147,15 @@ class TranslationModel(nn.Module):
             raise UserError(f"{name} has {tokens.size(1)} positions, more than max_positions "
                             f"{self.cfg.max_positions}")
 
-    def encode(self, src_tokens: torch.Tensor) -> EncoderOut:
-        """src_tokens [B, S] -> EncoderOut(memory [B, S, D], padding_mask [B, S])."""
+    def encode(self, src_tokens: torch.Tensor, src_padded: Optional[bool] = None) -> EncoderOut:
+        """src_tokens [B, S] -> EncoderOut(memory [B, S, D], padding_mask [B, S]).
+
+        ``src_padded``: whether any row is padded, where the caller knows it on the host (training batches
+        do, from their lengths); None asks the device, which waits for it (a host sync).
+        """
         self._check_tokens(src_tokens, "src_tokens")
         padding_mask = src_tokens.eq(self.cfg.pad_id)
-        has_padding = bool(padding_mask.any())
+        has_padding = bool(padding_mask.any()) if src_padded is None else src_padded
         memory = self.encoder(self.src_embed(src_tokens), padding_mask if has_padding else None)
         return EncoderOut(memory, padding_mask, has_padding)
 
@@ -181,17 +185,18 @@ class TranslationModel(nn.Module):
         return DecoderCache.empty(len(self.decoder.layers), encoder_out.attention_mask)
 
     def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, target: Optional[torch.Tensor] = None,
-                label_smoothing: float = 0.0):
+                label_smoothing: float = 0.0, src_padded: Optional[bool] = None):
         """src_tokens [B, S], tgt_tokens [B, T] (BOS first) -> logits [B, T, V].
 
         With ``target`` [B, T] (the next tokens, pad where none) it returns (loss_sum, nll_sum) instead:
         the training step goes through one forward call, which is what DeepSpeed's engine wraps. The loss
         is fused with the output projection (criterion.py): no [B, T, V] logits are kept for backward.
+        ``src_padded`` as in ``encode``.
         """
         if src_tokens.size(0) != tgt_tokens.size(0):
             raise UserError(f"the batch sizes of src_tokens ({src_tokens.size(0)}) and tgt_tokens "
                             f"({tgt_tokens.size(0)}) must be equal")
-        features = self.decode_features(tgt_tokens, self.encode(src_tokens))
+        features = self.decode_features(tgt_tokens, self.encode(src_tokens, src_padded))
         if target is None:
             return self.output_proj(features)
         return label_smoothed_loss(features, self.output_proj, target, label_smoothing, self.cfg.pad_id)

@@ -69,7 +69,7 @@ class TrainConfig:
     max_steps: Optional[int] = option(None, help="stop after this many optimizer updates")
     max_epochs: Optional[int] = option(None, help="stop after this many epochs")
     max_minutes: Optional[float] = option(None, help="stop (and save) after this much training time, e.g. "
-                                                     "inside a SLURM time limit")
+                                                     "inside a SLURM time limit; the clock is read at log steps")
     save_interval: int = option(1000, help="save a checkpoint every N updates")
     keep_last: int = option(5, help="keep the newest K checkpoints")
     validate_interval: Optional[int] = option(None, help="validation loss every N updates (default: at every "

@@ -222,7 +222,7 @@ class Trainer:
         for batch in self.valid_data:
             batch = batch.to(self.device)
             loss, nll = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
-                                    label_smoothing=self.cfg.label_smoothing)
+                                    label_smoothing=self.cfg.label_smoothing, src_padded=batch.src_padded)
             sums.add(loss, nll, batch.ntokens)
         self.engine.train()
         totals = sums.totals()
@@ -259,7 +259,7 @@ class Trainer:
     def _train_step(self, batch: Batch, window: TokenSums) -> bool:
         """Forward, backward and DeepSpeed's step for one micro-batch; True at an optimizer update."""
         loss_sum, nll_sum = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
-                                        label_smoothing=self.cfg.label_smoothing)
+                                        label_smoothing=self.cfg.label_smoothing, src_padded=batch.src_padded)
         self.engine.backward(loss_sum / batch.ntokens)
         # Ask before step(): afterwards DeepSpeed answers for the next micro-batch.
         boundary = self.engine.is_gradient_accumulation_boundary()
@@ -312,10 +312,11 @@ class Trainer:
             return True
         if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
             return True
-        return self.cfg.max_minutes is not None and self._out_of_time()
+        return self.cfg.max_minutes is not None and self.step % self.cfg.log_interval == 0 and self._out_of_time()
 
     def _out_of_time(self) -> bool:
-        """Rank 0's clock decides, so that every rank stops after the same update."""
+        """Rank 0's clock decides, so that every rank stops after the same update. Asked at log steps only:
+        the answer is a collective and a read on the host, which every update would wait for."""
         late = torch.tensor([float(time.perf_counter() - self.started > 60.0 * self.cfg.max_minutes)])
         return bool(broadcast_from_rank0(late.to(self.device)).item())
 

@@ -9,7 +9,7 @@ add up; ZeRO-0, ZeRO-1 and fp32 use the same parts with the copies those stages 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 from admin_ds.errors import UserError
@@ -151,13 +151,40 @@ class Plan:
                                   "optimizer_states": self.states.optimizer_states,
                                   "activations": self.activations.peak, "total": self.gpu_total},
                 "activations": asdict(self.activations), "host_bytes_per_node": self.states.host_per_node,
-                "fits": self.fits}
+                "fits": self.fits,
+                "largest_fitting_max_tokens": largest_fitting_max_tokens(self.arch, self.model, self.setup)}
 
 
 def make_plan(arch: str, model: ModelConfig, setup: PlanConfig) -> Plan:
     count = parameter_count(model)
     return Plan(arch, model, setup, count, model_states(setup, count),
                 activation_bytes(model, setup.max_tokens, setup.precision, setup.device))
+
+
+# Share of a GPU's memory a planned total may take when a batch size is chosen for it: the plan leaves out
+# the CUDA context, communication buckets, allocator fragmentation and the caching allocator's slack.
+FIT_FRACTION = 0.65
+FIT_STEP, FIT_CAP = 1024, 262144
+
+
+def largest_fitting_max_tokens(arch: str, model: ModelConfig, setup: PlanConfig,
+                               fraction: float = FIT_FRACTION) -> Optional[int]:
+    """The largest multiple of 1024 (up to 256k) for --max-tokens whose plan takes at most ``fraction`` of
+    --gpu-memory; None without --gpu-memory or when not even 1024 fits. The plan grows with the batch."""
+    if setup.gpu_memory is None:
+        return None
+    budget = fraction * setup.gpu_memory * GIB
+
+    def fits(tokens: int) -> bool:
+        return make_plan(arch, model, replace(setup, max_tokens=tokens)).gpu_total <= budget
+
+    if not fits(FIT_STEP):
+        return None
+    low, high = 1, FIT_CAP // FIT_STEP  # in steps of FIT_STEP; fits(low) holds throughout
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle * FIT_STEP) else (low, middle - 1)
+    return low * FIT_STEP
 
 
 def _size(value: float) -> str:
@@ -216,4 +243,8 @@ def render(plan: Plan) -> str:
         lines += ["", f"{verdict} in {s.gpu_memory:g} GiB per GPU "
                       f"({plan.gpu_total / (s.gpu_memory * GIB):.0%} used; CUDA context, communication "
                       f"buckets and fragmentation not counted)"]
+        largest = largest_fitting_max_tokens(plan.arch, m, s)
+        lines.append(f"largest --max-tokens within {FIT_FRACTION:.0%} of it: "
+                     + (f"{largest} (the rest is room for what the plan does not count)" if largest else
+                        "none, not even 1024 (more ranks, a higher --zero, --offload or checkpointing)"))
     return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Padding share of our length-bucketed batches on real corpora (issue 15: padding should stay under 10%).
+
+    python bench/bench_padding.py [--work DIR] [--quick]
+
+Prepares Tatoeba de-en (train) and newstest2014 de-en (news: longer, more varied sentences, the WMT test
+domain) with our own `prepare` (one joint 8k BPE model, trained on Tatoeba and reused for newstest), then
+cuts one epoch of each into batches with the training sampler (admin_ds.data.batching.TokenBatchSampler)
+at several --max-tokens and reports pad slots / all slots of the padded [batch, time] tensors, source
+and target (EOS/BOS included, as the model sees them). --quick skips the largest batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from admin_ds.data import ParallelDataset, PrepareConfig, prepare
+from admin_ds.data.batching import TokenBatchSampler
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MAX_TOKENS = (4096, 16384, 65536)
+
+
+def padding_share(src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int) -> dict:
+    """Pad share of one epoch's batches: {"src", "tgt", "all", "batches", "mean_rows"}."""
+    sampler = TokenBatchSampler(src_sizes, tgt_sizes, max_tokens, seed=1)
+    slots = {"src": 0, "tgt": 0}
+    real = {"src": 0, "tgt": 0}
+    batches = rows = 0
+    for batch in sampler:
+        index = np.asarray(batch)
+        for side, sizes in (("src", src_sizes), ("tgt", tgt_sizes)):
+            lengths = sizes[index] + 1  # EOS on the source, BOS (input) / EOS (output) on the target
+            slots[side] += len(index) * int(lengths.max())
+            real[side] += int(lengths.sum())
+        batches, rows = batches + 1, rows + len(index)
+    share = {side: 1 - real[side] / slots[side] for side in slots}
+    share["all"] = 1 - sum(real.values()) / sum(slots.values())
+    return {**share, "batches": batches, "mean_rows": rows / max(batches, 1)}
+
+
+def prepared(work: Path) -> dict[str, Path]:
+    """Prepared Tatoeba de-en and newstest2014 de-en folders under ``work`` (made once, then reused)."""
+    tatoeba, news = work / "tatoeba-de-en", work / "newstest2014"
+    if not (tatoeba / "meta.json").is_file():
+        corpus = SHARED / "tatoeba-de-en"
+        prepare(PrepareConfig(train_prefix=corpus / "train", valid_prefix=corpus / "dev", source_lang="de",
+                              target_lang="en", out_dir=tatoeba, vocab_size=8000, force=True))
+    if not (news / "meta.json").is_file():
+        spm = next(tatoeba.glob("*.model"))
+        prepare(PrepareConfig(train_prefix=SHARED / "eval-de-en" / "newstest2014",
+                              valid_prefix=SHARED / "eval-de-en" / "flores200-devtest", source_lang="deu",
+                              target_lang="eng", out_dir=news, spm_model=spm, force=True))
+    return {"tatoeba de-en": tatoeba, "newstest2014 de-en": news}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="folder for the prepared corpora (kept; default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help=f"skip --max-tokens {MAX_TOKENS[-1]}")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        folders = prepared(Path(args.work or scratch))
+        for name, folder in folders.items():
+            data = ParallelDataset.load(folder, "train")
+            src, tgt = np.asarray(data.src_sizes), np.asarray(data.tgt_sizes)
+            print(f"\n{name}: {len(src)} pairs, mean length src {src.mean():.1f} tgt {tgt.mean():.1f} tokens")
+            for max_tokens in MAX_TOKENS[:-1] if args.quick else MAX_TOKENS:
+                r = padding_share(src, tgt, max_tokens)
+                print(f"  --max-tokens {max_tokens:6d}: padding {100 * r['all']:5.2f} % (src {100 * r['src']:5.2f} %, "
+                      f"tgt {100 * r['tgt']:5.2f} %), {r['batches']} batches of {r['mean_rows']:.0f} pairs")
+                print("RESULT " + json.dumps({"corpus": name, "max_tokens": max_tokens, **r}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""bench/profile_step.py: a real DeepSpeed step profiled and its time charged to kinds (issue 15)."""
+
+import json
+import subprocess
+import sys
+
+from launch_util import REPO, launcher_env
+
+
+def test_profile_step_charges_the_whole_step_to_kinds(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_step.py"), "--arch", "admin-tiny",
+                           "--d-model", "0", "--ffn-dim", "0", "--heads", "0", "--batch", "4x8", "--vocab", "200",
+                           "--warmup", "1", "--steps", "2", "--out", str(tmp_path)],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "profile_step.json").read_text())
+    kinds = result["ms_by_kind"]
+    assert result["step_ms"] > 0 and all(ms >= 0 for ms in kinds.values())
+    # Own times partition the step: every op and range inside it is charged exactly once.
+    assert abs(sum(kinds.values()) - result["step_ms"]) <= 0.02 * result["step_ms"], (kinds, result["step_ms"])
+    # ZeRO-2 (the default config): DeepSpeed's gradient hooks and the optimizer are told apart from the model.
+    assert kinds["matmul"] > 0 and kinds["DeepSpeed"] > 0 and kinds["optimizer"] > 0, kinds
+    # DeepSpeed's skip decision and torch Adam's step counter, none of ours (tests/test_host_reads.py).
+    assert 1 <= result["host_reads_per_step"] <= 6, result["host_reads_per_step"]
+    # A decoder layer has a third sublayer (cross-attention): more kernels than an encoder layer.
+    assert 0 < result["kernels_per_encoder_layer"] < result["kernels_per_decoder_layer"], result
+    assert "matmul" in proc.stdout and "kernels per layer" in proc.stdout
