@@ -8,9 +8,9 @@ encoder compiles as often as a 2-layer one. The embeddings, the loss and the lay
 checkpointing) stay eager.
 
 A layer forward has no graph break at training time (dropout on, padding and causal masks, SDPA): the CPU
-dropout takes ``F.dropout`` while compiling (model/dropout.py). New graphs still come where dynamo must
-specialise: the first batch shape, then once with dynamic shapes; padding mask present or not; training or
-eval; gradients on or off.
+dropout takes ``F.dropout`` while compiling (model/dropout.py). The graphs have dynamic shapes; new ones
+still come where dynamo must specialise: padding mask present or not, training or eval, gradients on or
+off, a batch of one row.
 """
 
 from __future__ import annotations
