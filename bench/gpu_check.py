@@ -6,7 +6,8 @@ against a stock ``nn.Transformer`` of the same shape on the same batches, in the
 
 Matrix: 60-12 d=512 (ffn 2048, 8 heads) and d=1024 (ffn 4096, 16 heads), vocabulary 32000, x bf16 / fp16
 (ZeRO-2, ds_configs/zero2_*.json, DeepSpeed's FusedAdam) x activation checkpointing off / every layer;
-per (shape, precision) one stock row first, then our two rows. ``--tiny --device cpu``: 4-2 d=32 and d=64,
+per (shape, precision) one stock row first, then our two rows; the first group adds a row with every layer
+compiled (``--compile-layers``, checkpointing off; its compile timed apart). ``--tiny --device cpu``: 4-2 d=32 and d=64,
 vocabulary 1000, bf16 / fp32 through ds_configs/cpu_zero2_*.json, a one-rank gloo group.
 
 Batches (bench/gpu/batches.py): WMT-shaped synthetic lengths through our TokenBatchSampler and collate.
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from admin_ds.model import build_model, preset_config  # noqa: E402
+from admin_ds.model.compiled import compile_layers  # noqa: E402
 from admin_ds.training import engine as training_engine  # noqa: E402
 from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
 from bench.flops import batch_training_flops  # noqa: E402
@@ -203,7 +205,7 @@ def ours_step(run: Run, engine) -> Callable:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
                 if fused else nullcontext():  # on a GPU a fallback to the unfused math kernel raises
             loss_sum, _ = engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
-                                 label_smoothing=LABEL_SMOOTHING)
+                                 label_smoothing=LABEL_SMOOTHING, src_padded=batch.src_padded)
             engine.backward(loss_sum / batch.ntokens)
         engine.step()
         return loss_sum.detach() / batch.ntokens
@@ -226,9 +228,24 @@ def ours_row(run: Run, group: Group, engine, every: int, extra: dict) -> dict:
     return row
 
 
+def compiled_row(run: Run, group: Group, engine) -> dict:
+    """Our step with every layer through torch.compile (``--compile-layers``), checkpointing off; the first
+    step (the compile) is timed on its own."""
+    compile_layers(engine.module, backend=run.args.compile_backend)
+    set_checkpointing(engine.module, 0)
+    first = group.batches[0].batch.to(run.device)
+    start = time.perf_counter()
+    ours_step(run, engine)(first)
+    run.sync()
+    return ours_row(run, group, engine, 0, {"compiled": run.args.compile_backend,
+                                            "compile_s": round(time.perf_counter() - start, 1)})
+
+
 def emit(run: Run, group: Group, row: dict, rows: list) -> None:
     every = row.get("checkpoint_every", 0)
-    row = {"config": f"{group.label}" + ("" if row.get("side") == "stock" else f" ckpt={'on' if every else 'off'}"),
+    tail = "" if row.get("side") == "stock" else f" ckpt={'on' if every else 'off'}" + (
+        " compiled" if row.get("compiled") else "")
+    row = {"config": f"{group.label}{tail}",
            "shape": group.shape, "precision": group.precision, **row}
     row = with_stock_ratios([*rows, row])[-1]
     rows.append(row)
@@ -263,7 +280,7 @@ def attempt(run: Run, group: Group, side: str, every: int, work: Callable[[], di
     return True
 
 
-def run_group(run: Run, group: Group, rows: list) -> None:
+def run_group(run: Run, group: Group, rows: list, compiled: bool = False) -> None:
     attempt(run, group, "stock", 0, lambda: stock_row(run, group), rows)
     held: dict = {}
 
@@ -281,6 +298,8 @@ def run_group(run: Run, group: Group, rows: list) -> None:
     try:
         if attempt(run, group, "ours", 0, first, rows) or "engine" in held:
             attempt(run, group, "ours", 1, lambda: ours_row(run, group, held["engine"], 1, {}), rows)
+            if compiled:  # last: compiling changes the engine's module for good
+                attempt(run, group, "ours-compiled", 0, lambda: compiled_row(run, group, held["engine"]), rows)
     finally:
         if "engine" in held:
             held.pop("engine").destroy()
@@ -329,6 +348,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--stock-micro-batches", type=int, default=1, help="first try (then 2x on OOM, up to 4)")
     parser.add_argument("--cpu-memory-gib", type=float, default=8.0, help="memory the plan fills on a CPU")
     parser.add_argument("--only", nargs="*", default=None, help="run groups whose label holds one of these")
+    parser.add_argument("--no-compiled-row", dest="compiled_row", action="store_false",
+                        help="skip the first group's extra row with every layer compiled (--compile-layers)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of that row")
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.min_config_s = args.min_config_s if args.min_config_s is not None else (30.0 if args.device == "cuda" else 0)
@@ -356,10 +378,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     (Path(args.out) / "device.json").write_text(about + "\n")
     (Path(args.out) / "gpu_check.jsonl").write_text("")  # this run's rows only
     rows: list[dict] = []
+    compiled = args.compiled_row  # in the first group that runs (the issue's goal group)
     for group in groups(run):
         if args.only and not any(part in group.label for part in args.only):
             continue
-        run_group(run, group, rows)
+        run_group(run, group, rows, compiled)
+        compiled = False
     print(summary_table(rows), flush=True)
     training_engine.finish_distributed()
     return 0

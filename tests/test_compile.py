@@ -5,6 +5,8 @@ a real `admin-ds train` run, and the refusals."""
 import copy
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +21,21 @@ from admin_ds.model import build_model
 from admin_ds.model.compiled import compile_layers
 
 from launch_util import REPO, launcher_env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cxx_compiler():
+    """Inductor's CPU backend compiles C++: as root, install g++ from Debian's packages when it is missing
+    (as .ci/run does); skip, saying why, only where it cannot be installed."""
+    if shutil.which("g++") or shutil.which("c++"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("no C++ compiler (g++) for torch.compile's CPU backend, and no root apt-get to install one")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", "g++"]):
+        subprocess.run(command, env=env, capture_output=True, timeout=900)
+    if not shutil.which("g++"):
+        pytest.skip("g++ could not be installed with apt-get (torch.compile's CPU backend needs it)")
 
 
 @pytest.fixture(autouse=True)
