@@ -44,7 +44,7 @@ from admin_ds.model.embedding import sinusoidal_positions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import training_flops  # noqa: E402
-from matmul_rate import matmul_rate  # noqa: E402
+from matmul_rate import model_shapes_matmul_rate  # noqa: E402
 
 VOCAB = 8000
 PAD = 0
@@ -168,7 +168,8 @@ def bench(name: str, reps: int, warmup: int, steps: int) -> dict:
         order = ("ours", "stock") if rep % 2 == 0 else ("stock", "ours")
         for side in order:
             seconds[side].append(timed(models[side], batch, steps))
-        yardstick.append(matmul_rate(models["ours"].cfg, BATCH, SRC_LEN, TGT_LEN, repeats=3)["flop_per_s"])
+        rate = model_shapes_matmul_rate(models["ours"].cfg, BATCH, SRC_LEN, TGT_LEN, repeats=3)
+        yardstick.append(rate["flop_per_s"])
     medians = {side: statistics.median(s) for side, s in seconds.items()}
     memory = {side: memory_of(side, name) for side in models}
     # Achieved FLOP/s (the model's matmul FLOPs, bench/flops.py) against the machine's at the same shapes,

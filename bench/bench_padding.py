@@ -4,43 +4,38 @@
 
 Prepares Tatoeba de-en (train) and newstest2014 de-en (news: longer, more varied sentences, the WMT test
 domain) with our own `prepare` (one joint 8k BPE model, trained on Tatoeba and reused for newstest), then
-cuts one epoch of each into batches with the training sampler (admin_ds.data.batching.TokenBatchSampler)
-at several --max-tokens and reports pad slots / all slots of the padded [batch, time] tensors, source
-and target (EOS/BOS included, as the model sees them). --quick skips the largest batch size.
+cuts one epoch of each into the batches `admin-ds train` makes (BatchIterator: the training sampler and
+collate) at several --max-tokens and reports pad positions / all positions of the padded src_tokens and
+tgt_output tensors together (EOS/BOS included, as the model sees them; bench/gpu/batches.py's count).
+--quick skips the largest batch size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from admin_ds.data import ParallelDataset, PrepareConfig, prepare
-from admin_ds.data.batching import TokenBatchSampler
+from admin_ds.data import BatchIterator, ParallelDataset, PrepareConfig, prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gpu.batches import describe, padding_share  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MAX_TOKENS = (4096, 16384, 65536)
 
 
-def padding_share(src_sizes: np.ndarray, tgt_sizes: np.ndarray, max_tokens: int) -> dict:
-    """Pad share of one epoch's batches: {"src", "tgt", "all", "batches", "mean_rows"}."""
-    sampler = TokenBatchSampler(src_sizes, tgt_sizes, max_tokens, seed=1)
-    slots = {"src": 0, "tgt": 0}
-    real = {"src": 0, "tgt": 0}
-    batches = rows = 0
-    for batch in sampler:
-        index = np.asarray(batch)
-        for side, sizes in (("src", src_sizes), ("tgt", tgt_sizes)):
-            lengths = sizes[index] + 1  # EOS on the source, BOS (input) / EOS (output) on the target
-            slots[side] += len(index) * int(lengths.max())
-            real[side] += int(lengths.sum())
-        batches, rows = batches + 1, rows + len(index)
-    share = {side: 1 - real[side] / slots[side] for side in slots}
-    share["all"] = 1 - sum(real.values()) / sum(slots.values())
-    return {**share, "batches": batches, "mean_rows": rows / max(batches, 1)}
+def epoch_padding(folder: Path, max_tokens: int) -> dict:
+    """One shuffled epoch of the training batches ``admin-ds train`` would make of ``folder``:
+    {"share": pad / all positions of src_tokens and tgt_output (bench/gpu/batches.py), "batches", "mean_rows"}."""
+    batches = [describe(batch) for batch in BatchIterator.build(ParallelDataset.load(folder, "train"), max_tokens,
+                                                                seed=1)]
+    rows = sum(len(b.batch) for b in batches)
+    return {"share": padding_share(batches), "batches": len(batches), "mean_rows": rows / max(len(batches), 1)}
 
 
 def prepared(work: Path) -> dict[str, Path]:
@@ -70,11 +65,10 @@ def main() -> None:
             src, tgt = np.asarray(data.src_sizes), np.asarray(data.tgt_sizes)
             print(f"\n{name}: {len(src)} pairs, mean length src {src.mean():.1f} tgt {tgt.mean():.1f} tokens")
             for max_tokens in MAX_TOKENS[:-1] if args.quick else MAX_TOKENS:
-                r = padding_share(src, tgt, max_tokens)
-                print(f"  --max-tokens {max_tokens:6d}: padding {100 * r['all']:5.2f} % (src {100 * r['src']:5.2f} %, "
-                      f"tgt {100 * r['tgt']:5.2f} %), {r['batches']} batches of {r['mean_rows']:.0f} pairs")
+                r = epoch_padding(folder, max_tokens)
+                print(f"  --max-tokens {max_tokens:6d}: padding {100 * r['share']:5.2f} %, {r['batches']} batches "
+                      f"of {r['mean_rows']:.0f} pairs")
                 print("RESULT " + json.dumps({"corpus": name, "max_tokens": max_tokens, **r}))
-
 
 if __name__ == "__main__":
     main()

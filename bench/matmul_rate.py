@@ -70,8 +70,8 @@ def product_seconds(shape: tuple[int, int, int, int], dtype: torch.dtype, repeat
     return statistics.median(times)
 
 
-def matmul_rate(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int, dtype: torch.dtype = torch.float32,
-                repeats: int = 7) -> dict:
+def model_shapes_matmul_rate(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int,
+                             dtype: torch.dtype = torch.float32, repeats: int = 7) -> dict:
     """{"flop_per_s", "flops", "seconds"} of the step's products run alone, at the current thread count."""
     flops = seconds = 0.0
     for shape, count in step_products(cfg, batch, src_len, tgt_len).items():

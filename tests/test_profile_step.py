@@ -25,3 +25,22 @@ def test_profile_step_charges_the_whole_step_to_kinds(tmp_path):
     # A decoder layer has a third sublayer (cross-attention): more kernels than an encoder layer.
     assert 0 < result["kernels_per_encoder_layer"] < result["kernels_per_decoder_layer"], result
     assert "matmul" in proc.stdout and "kernels per layer" in proc.stdout
+
+
+def test_the_matmul_yardstick_times_the_products_the_flop_model_counts():
+    """bench/matmul_rate.py's product list and bench/flops.py's count describe the same step: equal but for
+    the causal self-attention, which the FLOP model counts at half and the yardstick runs in full."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from flops import training_flops
+    from matmul_rate import step_products
+
+    from admin_ds.model import preset_config
+
+    for shape in (dict(encoder_layers=18, decoder_layers=6, d_model=256, nhead=4, ffn_dim=1024),
+                  dict(encoder_layers=3, decoder_layers=5, d_model=64, nhead=8, ffn_dim=96)):
+        cfg = preset_config("admin-small", src_vocab_size=800, tgt_vocab_size=800, **shape)
+        batch, src_len, tgt_len = 8, 13, 11
+        products = sum(count * 2 * b * m * k * n for (b, m, k, n), count in step_products(cfg, batch, src_len,
+                                                                                          tgt_len).items())
+        causal_half = 3 * cfg.decoder_layers * batch * tgt_len * 2 * tgt_len * cfg.d_model
+        assert products - causal_half == training_flops(cfg, batch, src_len, tgt_len)
