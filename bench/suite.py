@@ -8,6 +8,7 @@ a smoke run of tiny sizes). ``python -m bench`` (bench/__main__.py) runs them an
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -251,13 +252,12 @@ def bench_ctranslate2(quick: bool) -> list[Figure]:
     from admin_ds.checkpoints.convert import convert
     from admin_ds.data import train_sentencepiece
     from admin_ds.inference.config import DecodingConfig
+    from admin_ds.inference.ctranslate2_engine import CT2Model, translate_ct2
     from admin_ds.inference.translate import load_translator, translate_with
     from bench import bench_ctranslate2 as b
 
-    try:
-        from admin_ds.inference.ctranslate2_engine import CT2Model, translate_ct2
-    except ImportError as err:
-        raise Skip(f"ctranslate2 is not installed ({err})") from None
+    if importlib.util.find_spec("ctranslate2") is None:  # the engine module imports it only when used
+        raise Skip("ctranslate2 is not installed (pip install 'admin-ds[ctranslate2]')")
     if not (TATOEBA / "test.de").is_file():
         raise Skip(f"Tatoeba de-en not found at {TATOEBA}")
     arch, count, vocab = ("admin-tiny", 8, 300) if quick else ("admin-6-6", 100, 8000)

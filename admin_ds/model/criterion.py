@@ -84,6 +84,12 @@ class _FusedLoss(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None, None, None, None
 
 
+def default_chunk_tokens(vocab_size: int, device_type: str) -> int:
+    """Tokens per chunk of the fused loss: as many [tokens, V] fp32 logits as the device's budget holds."""
+    budget = LOSS_CHUNK_ELEMENTS_CPU if device_type == "cpu" else LOSS_CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, budget // vocab_size)
+
+
 def label_smoothed_loss(features: torch.Tensor, output_proj: torch.nn.Linear, target: torch.Tensor,
                         epsilon: float, pad_id: int,
                         chunk_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +108,7 @@ def label_smoothed_loss(features: torch.Tensor, output_proj: torch.nn.Linear, ta
     flat_target = target.reshape(-1)  # [B*T]
     weight, bias = output_proj.weight, output_proj.bias
     if chunk_tokens is None:
-        cpu = features.device.type == "cpu"
-        budget = LOSS_CHUNK_ELEMENTS_CPU if cpu else LOSS_CHUNK_ELEMENTS_ACCELERATOR
-        chunk_tokens = max(1, budget // weight.size(0))
+        chunk_tokens = default_chunk_tokens(weight.size(0), features.device.type)
     differentiable = any(t is not None and t.requires_grad for t in (flat_features, weight, bias))
     if torch.is_grad_enabled() and differentiable:
         return _FusedLoss.apply(flat_features, weight, bias, flat_target, epsilon, pad_id, chunk_tokens)

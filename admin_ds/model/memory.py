@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from admin_ds.model.config import ModelConfig
-from admin_ds.model.criterion import LOSS_CHUNK_ELEMENTS_ACCELERATOR, LOSS_CHUNK_ELEMENTS_CPU
+from admin_ds.model.criterion import default_chunk_tokens
 
 ACTIVATION_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 TOKEN_ID_BYTES = 8  # int64 ids, kept by each embedding lookup
@@ -100,8 +100,7 @@ def _per_token(cfg: ModelConfig, precision: str) -> dict:
 
 def loss_chunk_tokens(cfg: ModelConfig, tokens: int, device: str) -> int:
     """Target tokens per chunk of the fused loss (criterion.label_smoothed_loss's default)."""
-    budget = LOSS_CHUNK_ELEMENTS_CPU if device == "cpu" else LOSS_CHUNK_ELEMENTS_ACCELERATOR
-    return min(tokens, max(1, budget // cfg.tgt_vocab_size))
+    return min(tokens, default_chunk_tokens(cfg.tgt_vocab_size, device))
 
 
 def activation_bytes(cfg: ModelConfig, max_tokens: int, precision: str = "fp16", device: str = "cuda",

@@ -233,19 +233,18 @@ class Trainer:
     def run(self) -> None:
         resumed = self.try_resume()
         self._start_records()
-        needs_omega = not resumed
-        if resumed:
-            self.compile_layers()  # ω came back with the weights: no profiling forward to keep eager
+        prepared = False  # the ω hook (a fresh run; a resumed one has ω in its weights), then compiling
         window = TokenSums(self.device)
         self.started = self._window_start = time.perf_counter()
         first_step = self.step
         while not self.finished():
             for batch in epoch_batches(self.train_data, self.finished):
                 batch = batch.to(self.device)
-                if needs_omega:
-                    self.init_omega(batch)
+                if not prepared:
+                    if not resumed:
+                        self.init_omega(batch)
                     self.compile_layers()  # after the ω hook: its profiling forward must not be traced
-                    needs_omega = False
+                    prepared = True
                 if not self._train_step(batch, window):
                     continue  # gradient accumulation: no update yet
                 if self.guard.diverged:

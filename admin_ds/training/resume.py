@@ -19,7 +19,6 @@ from admin_ds.checkpoints.pickles import check_weights_only
 from admin_ds.checkpoints.rundir import UNIVERSAL
 from admin_ds.checkpoints.zero import saved_world_size
 from admin_ds.errors import UserError
-from admin_ds.io import write_text_atomic
 from admin_ds.training.engine import broadcast_from_rank0, convert_to_universal, load_checkpoint
 
 log = logging.getLogger("admin_ds")
@@ -52,7 +51,6 @@ def _make_universal(save_dir: Path, tag: str, rank: int, device: torch.device) -
             root.mkdir(parents=True, exist_ok=True)
             convert_to_universal(save_dir / tag, partial)
             partial.rename(root / tag)
-            write_text_atomic(root / "latest_universal", tag)  # what DeepSpeed's own loader looks for
         except Exception as err:  # the other ranks must hear of it, or they wait forever
             error = err if isinstance(err, UserError) else UserError(
                 f"cannot convert {save_dir / tag} to a universal checkpoint ({first_line(err)})")
