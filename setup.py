@@ -8,6 +8,7 @@ setup(
     description="Very deep Admin Transformers for machine translation, trained with DeepSpeed",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["admin_ds", "admin_ds.*"]),
     # torch is a range on purpose: GPU users install their own CUDA build first and keep it.

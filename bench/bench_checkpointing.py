@@ -1,4 +1,4 @@
-"""Activation checkpointing on a 60-12 d=128 Admin model: peak activation memory and step time (issue 5).
+"""Activation checkpointing on a 60-12 d=128 Admin model: peak activation memory and step time.
 
     python bench/bench_checkpointing.py [--repeats 3] [--steps 5] [--every 1 2]
 

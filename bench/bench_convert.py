@@ -3,7 +3,7 @@
 Trains admin-60-12 for one step with two CPU ranks (torchrun, ZeRO-2 or ZeRO-3) on the synthetic corpus,
 then converts its checkpoint in fresh processes and reports each process's peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``) against the size of one fp32 copy of the weights. "net" subtracts
-the peak of a process that imports the same modules and converts nothing. Issue 7's bound: one fp32
+the peak of a process that imports the same modules and converts nothing. The bound: one fp32
 copy plus one shard, i.e. net / copy <= 1 + 1/world_size.
 For comparison it also measures DeepSpeed's own get_fp32_state_dict_from_zero_checkpoint + load_state_dict,
 and its lazy_mode with one tensor materialised and copied at a time.
@@ -136,7 +136,7 @@ def main() -> None:
             peak = row["peak_kib"] / 1024
             net = peak - baseline
             print(f"{label:42s} {peak:8.0f} M {net:8.0f} M {net / copy_mib:9.2f} {row['seconds']:6.1f}s")
-        print(f"\nbound (issue 7): one copy + one shard = {(copy_mib + shard_mib) / copy_mib:.2f} copies")
+        print(f"\nbound: one copy + one shard = {(copy_mib + shard_mib) / copy_mib:.2f} copies")
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -59,6 +59,11 @@ def parse_args():
     return parser.parse_args()
 
 
+def shown(path: str) -> str:
+    """A path as results record it: its folder and name only, never where this machine keeps it."""
+    return str(Path(Path(path).parent.name) / Path(path).name)
+
+
 def subset(path: str, count: int) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return lines[:: max(1, len(lines) // count)][:count]
@@ -101,10 +106,10 @@ def main() -> None:
                 rates[name].append(len(sources) / (time.perf_counter() - start))
     median = {name: statistics.median(values) for name, values in rates.items()}
     result = {
-        "checkpoint": str(args.checkpoint or f"random {args.random_arch}"),
+        "checkpoint": shown(args.checkpoint) if args.checkpoint else f"random {args.random_arch}",
         "model": {k: v for k, v in model.cfg.to_dict().items() if k in SHAPE_KEYS},
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "input": args.input, "lines": len(sources), "beam": args.beam, "max_tokens": args.max_tokens,
+        "input": shown(args.input), "lines": len(sources), "beam": args.beam, "max_tokens": args.max_tokens,
         "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
         "ctranslate2": __import__("ctranslate2").__version__,
         "sentences_per_s": {name: round(value, 2) for name, value in median.items()},

@@ -1,4 +1,4 @@
-"""DeepSpeed engine step vs a plain torch training loop on the same model, one CPU rank (issue 5).
+"""DeepSpeed engine step vs a plain torch training loop on the same model, one CPU rank.
 
     python bench/bench_engine.py [--repeats 5] [--steps 5]
 

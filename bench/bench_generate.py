@@ -2,7 +2,7 @@
 
 Both runs decode the same random-weight model on the same inputs and must return identical hypotheses
 (asserted). Runs alternate between the two modes; the figure is the median sentences/s over --repeats.
-Target from issue 6: incremental >= 3x full recompute at beam 5.
+Target: incremental >= 3x full recompute at beam 5.
 
     python bench/bench_generate.py                       # admin-small (6-6, d=256), 16 sentences, beam 5
     python bench/bench_generate.py --device cuda --sentences 256

@@ -1,4 +1,4 @@
-"""Wall time of Admin's rank-0 hook vs one training step, 2 ranks, ZeRO-2, CPU (issue 4).
+"""Wall time of Admin's rank-0 hook vs one training step, 2 ranks, ZeRO-2, CPU.
 
     torchrun --nproc_per_node 2 bench/bench_hook.py [--repeats 5]
 

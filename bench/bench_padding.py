@@ -1,4 +1,4 @@
-"""Padding share of our length-bucketed batches on real corpora (issue 15: padding should stay under 10%).
+"""Padding share of our length-bucketed batches on real corpora (the goal: padding under 10%).
 
     python bench/bench_padding.py [--work DIR] [--quick]
 

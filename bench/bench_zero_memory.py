@@ -1,4 +1,4 @@
-"""Per-rank optimizer-state bytes with 2 ranks at ZeRO 0, 1, 2, 3 (issue 5).
+"""Per-rank optimizer-state bytes with 2 ranks at ZeRO 0, 1, 2, 3.
 
     torchrun --nproc_per_node 2 bench/bench_zero_memory.py
 

@@ -1,4 +1,4 @@
-"""GPU check (issue 15): training speed of 60-12 Admin models through our DeepSpeed engine on one GPU,
+"""GPU check: training speed of 60-12 Admin models through our DeepSpeed engine on one GPU,
 against a stock ``nn.Transformer`` of the same shape on the same batches, in the same run.
 
     python3 bench/gpu_check.py --out DIR [--budget-s 450]     # on a GPU (bench/gpu_check.sh runs it)
@@ -323,7 +323,7 @@ def groups(run: Run) -> list[Group]:
         batches = batching.training_batches(tokens, args.warmup + args.steps + 1, cfg.tgt_vocab_size, BATCH_SEED,
                                             args.pool)
         out += [Group(shape, arch, overrides, p, tokens, batches, f"{shape} {p}") for p in precisions]
-    # The issue's goal (d=1024 bf16) first; then bf16 before fp16, wide before narrow: a budget cut drops
+    # The goal's group (d=1024 bf16) first; then bf16 before fp16, wide before narrow: a budget cut drops
     # the least wanted rows.
     return sorted(out, key=lambda g: (precisions.index(g.precision), -list(shapes).index(g.shape)))
 
@@ -378,7 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     (Path(args.out) / "device.json").write_text(about + "\n")
     (Path(args.out) / "gpu_check.jsonl").write_text("")  # this run's rows only
     rows: list[dict] = []
-    compiled = args.compiled_row  # in the first group that runs (the issue's goal group)
+    compiled = args.compiled_row  # in the first group that runs (the goal's group)
     for group in groups(run):
         if args.only and not any(part in group.label for part in args.only):
             continue

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 15) as one command for a fresh one-GPU machine:  bash bench/gpu_check.sh OUTDIR
+# The GPU check as one command for a fresh one-GPU machine:  bash bench/gpu_check.sh OUTDIR
 # 60-12 d=512 and d=1024 x bf16 / fp16 x activation checkpointing off / on, through our DeepSpeed engine
 # (ZeRO-2, FusedAdam), each (shape, precision) beside a stock nn.Transformer on the same batches:
 # tokens/s, MFU, peak memory, padding share, host syncs (bench/gpu_check.py; docs/speed.md has the columns).

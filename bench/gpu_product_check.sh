@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The product path on one GPU (what bench/gpu_check.sh did before issue 15; not part of its timed matrix):
+# The product path on one GPU (what an earlier bench/gpu_check.sh also did; not part of its timed matrix):
 # prepare the built-in synthetic corpus, `deepspeed --module admin_ds.train` with ds_configs/zero2_fp16.json
 # for 40 steps, then translate and convert --plain. About 3 minutes:  bash bench/gpu_product_check.sh OUTDIR
 # DeepSpeed comes from the wheels in .whl/, prepared as bench/gpu_check.sh's header says.

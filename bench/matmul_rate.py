@@ -1,5 +1,5 @@
 """This machine's matmul FLOP/s at the shapes a model's training step multiplies: the yardstick for the
-step's achieved FLOP/s (issue 15: a step should reach >= 0.6x of it on CPU).
+step's achieved FLOP/s (the goal: a step should reach >= 0.6x of it on CPU).
 
 One training step's matrix products, forward and backward: every Linear of [N tokens, in] -> [N, out]
 gives three GEMMs of 2*N*in*out FLOPs (output, input gradient, weight gradient); attention gives per head

@@ -1,4 +1,4 @@
-"""The seed's claim on real data: deep Post-LN fails where Admin trains, and Admin >= Pre-LN (issue 12).
+"""The seed's claim on real data: deep Post-LN fails where Admin trains, and Admin >= Pre-LN.
 
 Two parts, one JSON (bench/results/stability.json) and PNGs beside it:
 
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba-de-en"
 SCHEMES = ("post-ln", "pre-ln", "admin", "deepnorm")
 
-# The full study is sized to run within one working session on 2 CPU cores (about 45 minutes on the
+# The full study is sized to run within an hour on 2 CPU cores (about 45 minutes on the
 # bf16-capable EPYC of bench/README.md): 300 updates of 2048 tokens, bf16 (the CPU's bf16 matmuls make a
 # step ~2x faster than fp32), a short warm-up and a high peak lr, the regime in which deep Post-LN is known
 # to fail (Liu et al. 2020, sec. 3).

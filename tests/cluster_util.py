@@ -103,7 +103,7 @@ class Slurm:
 
     def sbatch(self, name: str, log: Path, *train_flags: str, sbatch_flags: tuple = ()) -> list[str]:
         """The command line of ``sbatch --wait`` of launch/slurm_train.sbatch on 2 nodes x 1 CPU rank, GPU
-        defaults overridden from the command line as the README says."""
+        defaults overridden from the command line as docs/training.md says."""
         return ["sbatch", "--wait", f"--job-name={name}", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
                 "--cpus-per-task=1", "--time=10", f"--output={log}", "--open-mode=append", *sbatch_flags,
                 str(REPO / "launch" / "slurm_train.sbatch"), *train_flags]

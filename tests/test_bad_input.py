@@ -1,4 +1,4 @@
-"""Bad input, as users give it (issue 13): malformed corpora, DeepSpeed configs, ω profiles, checkpoints and
+"""Bad input, as users give it: malformed corpora, DeepSpeed configs, ω profiles, checkpoints and
 command lines. Each ends in exactly one error line on stderr (the last; progress lines such as "loading X"
 may come before it), exit status 2, no traceback, and writes nothing: no half-made output directory,
 checkpoint or file, and the inputs are left as they were."""

@@ -1,10 +1,10 @@
 """The launch scripts on a real SLURM cluster and over real ssh, all on 127.0.0.1 (docs/cluster.md).
 
-A session starts launch/cluster/loopback_slurm.sh (munged, slurmctld, slurmd n1 and n2) and
-launch/cluster/loopback_sshd.sh once, then runs launch/slurm_train.sbatch under ``sbatch --wait`` (plain, requeued,
-with ``deepspeed --launcher slurm``, with a rank killed) and launch/train_multi_node.sh with a two-host hostfile
-through pdsh. Two CPU ranks, admin-tiny, a few steps each. Skips only where the Debian packages cannot be
-installed.
+Fixtures start launch/cluster/loopback_slurm.sh (munged, slurmctld, slurmd n1 and n2) and
+launch/cluster/loopback_sshd.sh once per test run; the tests run launch/slurm_train.sbatch under
+``sbatch --wait`` (plain, requeued, with ``deepspeed --launcher slurm``, with a rank killed) and
+launch/train_multi_node.sh with a two-host hostfile through pdsh. Two CPU ranks, admin-tiny, a few steps
+each. Skips only where the Debian packages cannot be installed.
 """
 
 import json

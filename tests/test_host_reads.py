@@ -1,4 +1,4 @@
-"""A training update reads nothing back from the device outside log steps (issue 15: host syncs).
+"""A training update reads nothing back from the device outside log steps (host syncs).
 
 On a GPU every such read (``.item()``, ``bool(t)``, ``nonzero``, ...) stops the CPU until the GPU has caught
 up. bench/host_reads.py finds them on a CPU by watching the dispatched ops; these tests run it over a real

@@ -1,5 +1,5 @@
 """The pure-PyTorch model: shapes, masks, residual schemes, incremental decoding, checkpointing, presets,
-bad input, export round trip, and independence from DeepSpeed (issue 2)."""
+bad input, export round trip, and independence from DeepSpeed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No stranger's code runs (issue 13): a crafted pickle put in place of any file admin-ds reads is refused
+"""No stranger's code runs: a crafted pickle put in place of any file admin-ds reads is refused
 with one line and exit 2, and its payload never runs; real checkpoints still load, resume included."""
 
 import os

@@ -18,7 +18,7 @@ from admin_ds.data.textio import count_lines, iter_line_chunks, read_parallel_ch
 from admin_ds.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL, LARGE = 500_000, 4_000_000  # pairs, 8x apart, as in the issue (~1 min on a shared 2-core machine)
+SMALL, LARGE = 500_000, 4_000_000  # pairs, 8x apart (~1 min on a shared 2-core machine)
 BLOCK = 5_000  # distinct synthetic pairs, repeated to make the big corpora
 
 

@@ -1,4 +1,4 @@
-"""bench/profile_step.py: a real DeepSpeed step profiled and its time charged to kinds (issue 15)."""
+"""bench/profile_step.py: a real DeepSpeed step profiled and its time charged to kinds."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""The GPU check's closing table: one line per row, and the issue's two goals for 60-12 d=1024 bf16."""
+"""The GPU check's closing table: one line per row, and the check's two goals for 60-12 d=1024 bf16."""
 
 from __future__ import annotations
 

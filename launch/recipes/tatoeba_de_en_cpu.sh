@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A real German->English translator on a CPU in about an hour of training (issue 12).
+# A real German->English translator on a CPU in about an hour of training.
 #
 # Tatoeba de-en (156k training pairs): prepare (joint 8k sentencepiece), train an Admin 6-6 model
 # (d=256, FFN 1024, 4 heads, dropout 0.1) for MINUTES of training time, average the last checkpoints,
 # keep whichever of {last, averaged} scores the higher dev BLEU, then score it on the whole
 # tatoeba-test-v2021-08-07 (17,565 lines) and, out of domain, on newstest2014 (3,003 news sentences),
 # with sacrebleu (BLEU 13a and chrF, signatures printed), beam 5. Finally export it as a plain PyTorch
-# model and plot its curves. The model, lr and batch were chosen by measurement on 2 cores: README.md
+# model and plot its curves. The model, lr and batch were chosen by measurement on 2 cores: docs/results.md
 # ("A real translator on a CPU") has the figures and the runs behind the choice.
 #
 #   launch/recipes/tatoeba_de_en_cpu.sh [--dry-run]
