@@ -3,7 +3,8 @@ process (no DeepSpeed) and write a ``profile.ratio.init``-format file for ``trai
 
 ``train`` does the same inside the launch (the rank-0 hook), so this command is only needed to inspect ω
 or to reuse one profile across runs. Same --seed, --arch and --max-tokens as the training run give the
-same initial weights and first batch as a one-rank training run.
+same initial weights and first batch as a one-rank training run. With ``--omega-init logn|sqrtn|one`` it
+writes admin-torch's closed form for the model's depth instead (no forward pass; docs/admin.md).
 """
 
 from __future__ import annotations
