@@ -3,7 +3,7 @@ the reparameterisation into a plain Post-LN model. Nothing here imports DeepSpee
 
 from admin_ds.model.cache import AttentionCache, DecoderCache
 from admin_ds.model.config import PRESETS, RESIDUAL_SCHEMES, ModelConfig, preset_config
-from admin_ds.model.omega import OmegaProfile, profile_omega
+from admin_ds.model.omega import OMEGA_INITS, OmegaProfile, profile_omega
 from admin_ds.model.transformer import EncoderOut, TranslationModel
 
 
@@ -12,5 +12,5 @@ def build_model(arch: str = "admin-tiny", **overrides) -> TranslationModel:
     return TranslationModel(preset_config(arch, **overrides))
 
 
-__all__ = ["AttentionCache", "DecoderCache", "EncoderOut", "ModelConfig", "OmegaProfile", "PRESETS",
+__all__ = ["AttentionCache", "DecoderCache", "EncoderOut", "ModelConfig", "OMEGA_INITS", "OmegaProfile", "PRESETS",
            "RESIDUAL_SCHEMES", "TranslationModel", "build_model", "preset_config", "profile_omega"]

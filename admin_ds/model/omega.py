@@ -11,6 +11,10 @@ r, each starting at 1. Walking the sublayers in order:
 
 so ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j]: the shortcut grows with the variance earlier branches added.
 
+The closed forms (``closed_form_omega``) are the alternative start of the authors' later package
+admin-torch, which sets every shortcut of a stack of N residual sublayers to one value computed from N
+alone; no forward pass is needed (docs/admin.md, "The closed-form start").
+
 This module needs only torch. The rank-0 hook (``admin_ds.training.engine.omega_hook``) runs
 ``profile_omega`` on every rank, broadcasts rank 0's values and writes them into the weights DeepSpeed owns.
 ω then lives in the weights only: profiles written later are read back from them.
@@ -32,6 +36,30 @@ from admin_ds.errors import UserError
 from admin_ds.io import write_text_atomic
 
 STACKS = ("encoder", "decoder")
+SUBLAYERS_PER_LAYER = {"encoder": 2, "decoder": 3}  # self-attn, FFN / self-attn, cross-attn, FFN
+
+# How ω starts: profiled on the first batch (the paper's Admin), or one of admin-torch's closed forms,
+# named here after the value's growth in N (admin-torch names them by the output change each gives).
+OMEGA_INITS = ("profile", "logn", "sqrtn", "one")
+CLOSED_FORM_OUTPUT_CHANGE = {"logn": "O(log N)", "sqrtn": "O(1)", "one": "O(N)"}
+
+
+def closed_form_omega(init: str, sublayers: int) -> float:
+    """ω of every shortcut of a stack with ``sublayers`` (N) residual sublayers, admin-torch's closed form:
+
+        logn    sqrt((N + 1) / ln(N + 1) - 1)    output change O(log N), admin-torch's default
+        sqrtn   sqrt(N)                          output change O(1)
+        one     1                                output change O(N): plain Post-LN
+
+    N counts the sublayers of one stack (2 per encoder layer, 3 per decoder layer), so N >= 2 and
+    ln(N + 1) > 0."""
+    if init not in CLOSED_FORM_OUTPUT_CHANGE:
+        raise UserError(f"--omega-init must be one of {', '.join(OMEGA_INITS)}, got {init!r}")
+    if sublayers < 1:
+        raise UserError(f"a closed-form ω needs at least one residual sublayer, got {sublayers}")
+    if init == "logn":
+        return math.sqrt((sublayers + 1) / math.log(sublayers + 1) - 1)
+    return math.sqrt(sublayers) if init == "sqrtn" else 1.0
 
 
 class _StackProfiler:
@@ -65,6 +93,15 @@ class OmegaProfile:
                 f"needs {2 * encoder_layers} and {3 * decoder_layers} ({encoder_layers} encoder / "
                 f"{decoder_layers} decoder layers)")
         return self
+
+    @classmethod
+    def closed_form(cls, init: str, encoder_layers: int, decoder_layers: int) -> OmegaProfile:
+        """Every sublayer of each stack at ``closed_form_omega`` of that stack's sublayer count: 2N encoder
+        values at N_enc = 2N, 3M decoder values at N_dec = 3M."""
+        counts = {"encoder": SUBLAYERS_PER_LAYER["encoder"] * encoder_layers,
+                  "decoder": SUBLAYERS_PER_LAYER["decoder"] * decoder_layers}
+        blocks = {stack: [closed_form_omega(init, n)] * n for stack, n in counts.items()}
+        return cls(blocks["encoder"], blocks["decoder"])
 
     # --- the reference's profile.ratio.init format ---------------------------------------------------
     def to_text(self) -> str:

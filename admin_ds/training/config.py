@@ -11,7 +11,7 @@ from typing import Optional
 
 from admin_ds.data import DataInfo
 from admin_ds.errors import UserError
-from admin_ds.model import ModelConfig, preset_config
+from admin_ds.model import OMEGA_INITS, ModelConfig, preset_config
 from admin_ds.options import option
 
 OPTIMIZERS = ("adam", "adamw", "radam")
@@ -86,6 +86,10 @@ class TrainConfig:
     label_smoothing: float = option(0.1, help="label smoothing ε of the cross-entropy")
     omega_profile: Optional[str] = option(None, help="read ω from this profile file instead of profiling on "
                                                      "rank 0")
+    omega_init: str = option("profile", choices=OMEGA_INITS,
+                             help="how ω starts: profiled on rank 0's first batch, or admin-torch's closed form "
+                                  "for a stack of N residual sublayers, no profiling: logn sqrt((N+1)/ln(N+1)-1), "
+                                  "sqrtn sqrt(N), one 1 (docs/admin.md)")
     profile_dropout: bool = option(True, help="profile ω with dropout off (deterministic) instead of in "
                                               "training mode", flags=("--profile-no-dropout",))
     compile_layers: bool = option(False, help="torch.compile each encoder and decoder layer (one graph per "
@@ -117,7 +121,17 @@ class TrainConfig:
             raise UserError(f"--clip-norm must be >= 0, got {self.clip_norm}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.omega_init not in OMEGA_INITS:
+            raise UserError(f"--omega-init must be one of {', '.join(OMEGA_INITS)}, got {self.omega_init!r}")
+        if self.omega_init != "profile" and self.omega_profile:
+            raise UserError(f"--omega-profile and --omega-init {self.omega_init} both say where ω starts; give one")
         return self
+
+    def omega_given_by(self) -> Optional[str]:
+        """The flag that sets ω's start without profiling (a file or a closed form); None: profile."""
+        if self.omega_profile:
+            return "--omega-profile"
+        return None if self.omega_init == "profile" else f"--omega-init {self.omega_init}"
 
     def to_dict(self) -> dict:
         return asdict(self)

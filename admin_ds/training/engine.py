@@ -364,8 +364,8 @@ def omega_hook(engine, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, dropo
 
     Every rank runs the profiling forward through the engine (under ZeRO-3 a forward is a collective, so
     rank 0 alone would hang), rank 0's ω is broadcast so every rank has bit-identical values, and ω is
-    written into working and master weights on every rank. With ``profile`` given (a profile file),
-    profiling is skipped and its values are written instead. Returns ω as read back from the weights.
+    written into working and master weights on every rank. With ``profile`` given (a profile file or a
+    closed form), profiling is skipped and its values are written instead. Returns ω as read back from the weights.
     """
     if profile is None:
         profile = profile_omega(engine.module, src_tokens, tgt_tokens, dropout=dropout, forward=engine)

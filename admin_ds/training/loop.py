@@ -2,8 +2,8 @@
 
 Order of events: join the process group; read the data; build the model (partitioned under --zero-init);
 ``deepspeed.initialize``; resume from ``latest`` if there is one (ω comes back with the weights), else for
-an Admin model run the rank-0 ω hook on the first batch (or read --omega-profile); then train, logging
-on rank 0, validating and saving every N updates.
+an Admin model run the rank-0 ω hook on the first batch (or take ω from --omega-profile or a closed-form
+--omega-init); then train, logging on rank 0, validating and saving every N updates.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Trainer:
         self.model_cfg = checkpointing_from_config(
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
             model.overrides.get("checkpoint_every"))
-        self.given_profile = self._read_profile_file()
+        self.given_profile = self._given_profile()
         seed_everything(data.seed)
         self.engine = self._build_engine()
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
@@ -140,13 +140,17 @@ class Trainer:
         return BatchIterator.build(ParallelDataset.load(self.data_cfg.data, self.cfg.valid_split),
                                    self.data_cfg.max_tokens, rank=self.rank, world_size=self.world, shuffle=False)
 
-    def _read_profile_file(self) -> Optional[OmegaProfile]:
-        if not self.cfg.omega_profile:
+    def _given_profile(self) -> Optional[OmegaProfile]:
+        """ω known before training starts: a --omega-profile file or a closed-form --omega-init (the same on
+        every rank, so nothing is profiled or broadcast). None: the hook profiles."""
+        if self.cfg.omega_given_by() is None:
             return None
         if self.model_cfg.residual != "admin":
-            raise UserError("--omega-profile needs --residual admin")
-        return OmegaProfile.read(self.cfg.omega_profile).check_fits(
-            self.model_cfg.encoder_layers, self.model_cfg.decoder_layers, self.cfg.omega_profile)
+            raise UserError(f"{self.cfg.omega_given_by()} needs --residual admin")
+        layers = self.model_cfg.encoder_layers, self.model_cfg.decoder_layers
+        if self.cfg.omega_profile:
+            return OmegaProfile.read(self.cfg.omega_profile).check_fits(*layers, self.cfg.omega_profile)
+        return OmegaProfile.closed_form(self.cfg.omega_init, *layers)
 
     @property
     def model(self) -> TranslationModel:
@@ -198,7 +202,8 @@ class Trainer:
 
     # --- Admin ----------------------------------------------------------------------------------------
     def init_omega(self, first_batch: Batch) -> None:
-        """The rank-0 hook: before the first optimizer step, every rank gets rank 0's ω."""
+        """The rank-0 hook: before the first optimizer step, every rank gets the same ω (rank 0's profile,
+        a --omega-profile file or a closed-form --omega-init)."""
         if not self.is_admin:
             return
         start = time.perf_counter()
@@ -206,7 +211,7 @@ class Trainer:
                              dropout=self.cfg.profile_dropout, profile=self.given_profile)
         if self.rank == 0:
             profile.write(self.save_dir / OMEGA_PROFILE)
-            source = self.cfg.omega_profile or "rank 0's first batch"
+            source = self.cfg.omega_profile or self.cfg.omega_given_by() or "rank 0's first batch"
             log.info("%s (from %s, %.2f s)", profile.summary(), source, time.perf_counter() - start)
 
     def compile_layers(self) -> None:
