@@ -10,6 +10,7 @@ engine time (>= 1 means the engine costs nothing).
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     training_engine.init_distributed()
     torch.set_num_threads(2)
     batch = make_batch(8000)

@@ -8,6 +8,7 @@ Model admin 60-12 d=128 (4 heads, FFN 512, vocabulary 8000); each rank's batch 6
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -17,12 +18,14 @@ import torch.distributed as dist
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, world, device = training_engine.init_distributed()
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
               "optimizer": {"type": "Adam", "params": {"lr": 1e-5, "torch_adam": True}}}

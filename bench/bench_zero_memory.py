@@ -10,6 +10,7 @@ so that every state exists.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 def optimizer_bytes(engine) -> tuple[int, int]:
@@ -42,6 +44,7 @@ def optimizer_bytes(engine) -> tuple[int, int]:
 
 
 def main() -> int:
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, world, _ = training_engine.init_distributed()
     results = []
     for precision in ("bf16", "fp32"):

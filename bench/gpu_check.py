@@ -34,6 +34,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -52,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from admin_ds.model import build_model, preset_config  # noqa: E402
 from admin_ds.model.compiled import compile_layers  # noqa: E402
 from admin_ds.training import engine as training_engine  # noqa: E402
+from admin_ds.training.rendezvous import fill_rendezvous_env  # noqa: E402
 from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
 from bench.flops import batch_training_flops  # noqa: E402
 from bench.gpu import batches as batching  # noqa: E402
@@ -366,6 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("gpu_check: no CUDA device here; use --device cpu --tiny for the code-path check", file=sys.stderr)
         return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     _, _, device = training_engine.init_distributed()
     matmul = matmul_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ from host_reads import HOST_READ_OPS  # noqa: E402
 
 from admin_ds.model import build_model  # noqa: E402
 from admin_ds.training import engine as training_engine  # noqa: E402
+from admin_ds.training.rendezvous import fill_rendezvous_env  # noqa: E402
 from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,6 +210,7 @@ def step(engine, src, tgt_in, tgt_out, src_padded: bool) -> None:
 
 
 def measure(args) -> dict:
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     _, _, device = training_engine.init_distributed()
     engine = build(args, device)
     label_owners(engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -198,6 +199,7 @@ def bench_generate(quick: bool) -> list[Figure]:
 def bench_engine(quick: bool) -> list[Figure]:
     from admin_ds.model import build_model
     from admin_ds.training import engine as training_engine
+    from admin_ds.training.rendezvous import fill_rendezvous_env
     from bench import bench_engine as b
 
     if quick:  # the adapter's one change: a smaller model than the script's 6-6 d=256
@@ -205,6 +207,7 @@ def bench_engine(quick: bool) -> list[Figure]:
                                                                  tgt_vocab_size=8000))[1]
     # (and, below, the first 8 x 12 tokens of its batch)
     repeats, steps = (5, 1) if quick else (5, 3)
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     training_engine.init_distributed()
     try:
         plain, zero2 = b.PlainLoop(), b.EngineLoop("cpu_zero2_fp32.json")
