@@ -1,7 +1,7 @@
 """Training-step time of our model eager vs with every layer compiled (``--compile-layers``, model/compiled.py).
 
-    python bench/bench_compile.py            # 18-6 d=256, median of 7 repetitions x 2 steps per side
-    python bench/bench_compile.py --quick    # 2-2 d=32 on an 8 x 12 batch, median of 5 x 1
+    python -m bench.bench_compile            # 18-6 d=256, median of 7 repetitions x 2 steps per side
+    python -m bench.bench_compile --quick    # 2-2 d=32 on an 8 x 12 batch, median of 5 x 1
 
 The model, batch and sizes are bench_model.py's (batch 32 x 32 source and target tokens with some rows
 padded, vocabulary 8000, dropout 0.1, attention dropout 0, torch.set_num_threads(2)); the step is the one
@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin_ds.model.compiled import compile_layers  # noqa: E402
-from bench import bench_model as bm  # noqa: E402
+from admin_ds.model.compiled import compile_layers
+from bench import bench_model as bm
 
 CONFIGS = {"18-6 d=256": bm.CONFIGS["18-6 d=256"],
            "2-2 d=32": dict(encoder_layers=2, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64)}

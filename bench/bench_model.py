@@ -1,7 +1,7 @@
 """Forward+backward throughput of our Admin model vs a stock ``torch.nn.Transformer`` of identical shape.
 
-    python bench/bench_model.py            # full run (median of 7 timed repetitions per config)
-    python bench/bench_model.py --quick    # median of 5, shorter warm-up
+    python -m bench.bench_model            # full run (median of 7 timed repetitions per config)
+    python -m bench.bench_model --quick    # median of 5, shorter warm-up
 
 Both sides do the same work per step: shared embedding table (scaled, plus sinusoidal positions, dropout),
 encoder with the source padding mask, causal decoder with the memory padding mask, output projection tied
@@ -41,10 +41,8 @@ from torch import nn
 
 from admin_ds.model import build_model
 from admin_ds.model.embedding import sinusoidal_positions
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flops import training_flops  # noqa: E402
-from matmul_rate import model_shapes_matmul_rate  # noqa: E402
+from bench.flops import training_flops
+from bench.matmul_rate import model_shapes_matmul_rate
 
 VOCAB = 8000
 PAD = 0
