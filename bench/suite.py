@@ -2,8 +2,9 @@
 
 Every figure is a ratio of two things measured in the same process, alternating (A B, B A, A B, ...) so
 that drift of a shared machine hits both alike; one ratio per repeat, and the suite reports their median.
-The adapters reuse the scripts' own models, batches and step functions; only the sizes change (``quick``:
-a smoke run of tiny sizes). ``python -m bench`` (bench/__main__.py) runs them and writes the results.
+The adapters reuse the scripts' own models, batches and step functions, passing their sizes as arguments
+(``quick``: a smoke run of tiny sizes); no script's module state is changed. ``python -m bench``
+(bench/__main__.py) runs them and writes the results.
 """
 
 from __future__ import annotations
@@ -73,12 +74,11 @@ def bench_model(quick: bool) -> list[Figure]:
     configs = {"2-2 d=32": dict(encoder_layers=2, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64)} if quick \
         else b.CONFIGS
     repeats, steps = (5, 1) if quick else (7, 2)
-    if quick:  # the script's batch is a module constant: a smaller one for the smoke run
-        b.BATCH, b.SRC_LEN, b.TGT_LEN = 8, 12, 12
+    batch_shape = (8, 12, 12) if quick else (b.BATCH, b.SRC_LEN, b.TGT_LEN)  # rows, source and target tokens
     figures = []
     for name, shape in configs.items():
         models = {side: b.make_model(side, shape) for side in ("ours", "stock")}
-        batch = b.make_batch()
+        batch = b.make_batch(*batch_shape)
         for model in models.values():
             b.timed(model, batch, 1)  # warm-up
         times = alternate(lambda: b.timed(models["ours"], batch, steps), lambda: b.timed(models["stock"], batch, steps),
@@ -159,9 +159,8 @@ def bench_compile(quick: bool) -> list[Figure]:
     from bench import bench_compile as b
 
     name, repeats, steps = ("2-2 d=32", 5, 1) if quick else ("18-6 d=256", 7, 2)
-    if quick:  # bench_model's batch is a module constant: a smaller one for the smoke run
-        b.bm.BATCH, b.bm.SRC_LEN, b.bm.TGT_LEN = 8, 12, 12
-    models, batch = b.make_pair(b.CONFIGS[name], count_ops=False), b.bm.make_batch()
+    models = b.make_pair(b.CONFIGS[name], count_ops=False)
+    batch = b.bm.make_batch(*(b.QUICK_BATCH if quick else b.FULL_BATCH))
     b.timed(models["compiled"], batch, 1)  # compiles; bench_compile.py reports how long that takes
     b.timed(models["eager"], batch, 1)
     times = alternate(lambda: b.timed(models["compiled"], batch, steps), lambda: b.timed(models["eager"], batch, steps),
@@ -311,7 +310,7 @@ EXCLUDED = {
 }
 
 # Modules the benchmarks import, not benchmarks themselves.
-HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate"}
+HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate", "tensor_batch"}
 
 
 def finite(figure: Figure) -> bool:
