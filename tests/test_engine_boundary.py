@@ -47,3 +47,14 @@ def test_srun_and_launcher_environments():
     assert fill_rendezvous_env(srun) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_PORT": "29500"}
     launcher = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
     assert fill_rendezvous_env(launcher) == {}
+
+
+def test_joining_without_the_rendezvous_variables_names_them(monkeypatch):
+    """The library never writes os.environ: a caller that skipped the entry point's fill is told what is missing."""
+    from admin_ds.errors import UserError
+    from admin_ds.training.engine import init_distributed
+
+    for name in ("RANK", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match=r"RANK.*MASTER_PORT not set"):
+        init_distributed()
