@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's admin_ds and bench
-from admin_ds.io import write_json_atomic, write_text_atomic  # noqa: E402
-from bench.suite import ADAPTERS, EXCLUDED, Skip, finite  # noqa: E402
+from admin_ds.io import write_json_atomic, write_text_atomic
+from bench.suite import ADAPTERS, EXCLUDED, Skip, finite
 
 
 def run_one(name: str, quick: bool) -> dict:

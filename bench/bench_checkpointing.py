@@ -1,6 +1,6 @@
 """Activation checkpointing on a 60-12 d=128 Admin model: peak activation memory and step time.
 
-    python bench/bench_checkpointing.py [--repeats 3] [--steps 5] [--every 1 2]
+    python -m bench.bench_checkpointing [--repeats 3] [--steps 5] [--every 1 2]
 
 Batch 64 x 32 source and target tokens, vocabulary 8000, dropout 0.1, torch Adam, torch.set_num_threads(2).
 
@@ -21,10 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 SETUP = r"""
 import json, sys, time, torch
-sys.path.insert(0, {repo!r})
 from admin_ds.model import build_model
 torch.set_num_threads(2)
 def status(field):
@@ -70,10 +72,12 @@ print(json.dumps({{every: sorted(t)[len(t) // 2] for every, t in times.items()}}
 
 
 def run_child(code: str, mmap_everything: bool):
+    """Run ``code`` in a fresh interpreter in the checkout (``-c`` puts the working directory on sys.path)."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
     if mmap_everything:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True,
+                         cwd=REPO).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -83,14 +87,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="alternating timed steps per repeat")
     parser.add_argument("--every", type=int, nargs="+", default=[1], help="checkpoint every K layers")
     args = parser.parse_args()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     everies = [0] + [k for k in args.every if k > 0]
     peaks = {every: [] for every in everies}
     seconds = {every: [] for every in everies}
     for _ in range(args.repeats):
         for every in everies:
-            peaks[every].append(run_child(MEMORY.format(repo=repo, every=every), True))
-        medians = run_child(TIME.format(repo=repo, everies=everies, steps=args.steps), False)
+            peaks[every].append(run_child(MEMORY.format(every=every), True))
+        medians = run_child(TIME.format(everies=everies, steps=args.steps), False)
         for every in everies:
             seconds[every].append(medians[str(every)])
     for every in everies:

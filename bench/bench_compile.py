@@ -1,7 +1,7 @@
 """Training-step time of our model eager vs with every layer compiled (``--compile-layers``, model/compiled.py).
 
-    python bench/bench_compile.py            # 18-6 d=256, median of 7 repetitions x 2 steps per side
-    python bench/bench_compile.py --quick    # 2-2 d=32 on an 8 x 12 batch, median of 5 x 1
+    python -m bench.bench_compile            # 18-6 d=256, median of 7 repetitions x 2 steps per side
+    python -m bench.bench_compile --quick    # 2-2 d=32 on an 8 x 12 batch, median of 5 x 1
 
 The model, batch and sizes are bench_model.py's (batch 32 x 32 source and target tokens with some rows
 padded, vocabulary 8000, dropout 0.1, attention dropout 0, torch.set_num_threads(2)); the step is the one
@@ -21,21 +21,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin_ds.model.compiled import compile_layers  # noqa: E402
-from bench import bench_model as bm  # noqa: E402
+from admin_ds.model.compiled import compile_layers
+from bench import bench_model as bm
 
 CONFIGS = {"18-6 d=256": bm.CONFIGS["18-6 d=256"],
            "2-2 d=32": dict(encoder_layers=2, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64)}
+FULL_BATCH, QUICK_BATCH = (bm.BATCH, bm.SRC_LEN, bm.TGT_LEN), (8, 12, 12)  # rows, source and target tokens
 
 
 def make_pair(shape: dict, count_ops: bool = True) -> dict:
@@ -99,9 +97,9 @@ def ops_per_layer(model, batch) -> dict[str, int]:
             "decoder": top_level_ops(lambda: layer_step(decoder, x_tgt, memory, mask))}
 
 
-def bench(name: str, reps: int, steps: int) -> dict:
+def bench(name: str, reps: int, steps: int, batch_shape: tuple[int, int, int] = FULL_BATCH) -> dict:
     models = make_pair(CONFIGS[name])
-    batch = bm.make_batch()
+    batch = bm.make_batch(*batch_shape)
     first_compiled = timed(models["compiled"], batch, 1)  # compiles the two layer graphs
     timed(models["eager"], batch, 2), timed(models["compiled"], batch, 1)  # warm-up
     seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
@@ -123,14 +121,13 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
-    if args.quick:
-        bm.BATCH, bm.SRC_LEN, bm.TGT_LEN = 8, 12, 12
+    rows, src_len, tgt_len = QUICK_BATCH if args.quick else FULL_BATCH
     name = "2-2 d=32" if args.quick else "18-6 d=256"
     reps = max(5, args.reps or (5 if args.quick else 7))
     steps = 1 if args.quick else 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name}, batch {bm.BATCH}x{bm.SRC_LEN} src, "
-          f"{bm.BATCH}x{bm.TGT_LEN} tgt, dropout {bm.DROPOUT}, median of {reps} x {steps} step(s)")
-    r = bench(name, reps, steps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name}, batch {rows}x{src_len} src, "
+          f"{rows}x{tgt_len} tgt, dropout {bm.DROPOUT}, median of {reps} x {steps} step(s)")
+    r = bench(name, reps, steps, (rows, src_len, tgt_len))
     for side in ("eager", "compiled"):
         print(f"  {side:8s} {1000 * r['medians'][side]:8.1f} ms/step   ops per layer fwd+bwd: encoder "
               f"{r['ops'][side]['encoder']}, decoder {r['ops'][side]['decoder']}   runs(ms) "

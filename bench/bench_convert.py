@@ -8,8 +8,8 @@ copy plus one shard, i.e. net / copy <= 1 + 1/world_size.
 For comparison it also measures DeepSpeed's own get_fp32_state_dict_from_zero_checkpoint + load_state_dict,
 and its lazy_mode with one tensor materialised and copied at a time.
 
-    python bench/bench_convert.py                    # ZeRO-2, temporary folder (~5 GB of checkpoint)
-    python bench/bench_convert.py --stage 3 --work /tmp/bc --keep
+    python -m bench.bench_convert                    # ZeRO-2, temporary folder (~5 GB of checkpoint)
+    python -m bench.bench_convert --stage 3 --work WORK_DIR --keep
 """
 
 from __future__ import annotations

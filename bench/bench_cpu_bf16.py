@@ -1,7 +1,7 @@
 """bf16 training on a CPU: one forward+backward of admin-small in fp32, in bf16 with SDPA's own kernel
 choice (flash for CPU), and in bf16 as the model runs it (SDPA's math kernel while training, attention.py).
 
-    python bench/bench_cpu_bf16.py [--repeats 5] [--tokens 4096]
+    python -m bench.bench_cpu_bf16 [--repeats 5] [--tokens 4096]
 
 The batch has Tatoeba's shape (about 410 sentences of 10 tokens for 4096 target tokens, 8k vocabulary);
 6-6 layers, d=256, FFN 1024, 4 heads, dropout 0.1, 2 threads. Each repeat times every kind once, in turn;
@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin_ds.model import attention as attention_module  # noqa: E402
-from admin_ds.model import build_model  # noqa: E402
+from admin_ds.model import attention as attention_module
+from admin_ds.model import build_model
 
 
 def step_seconds(model, batch, dtype, flash: bool) -> float:

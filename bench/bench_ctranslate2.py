@@ -7,8 +7,8 @@ same settings (beam, length penalty, caps, max tokens per batch, threads), one a
 rounds' sentences/s, and the ratios are taken from the medians. It also reports how many outputs of each
 CTranslate2 engine equal ours and the BLEU of each against the references (when --refs is given).
 
-    python bench/bench_ctranslate2.py --checkpoint RUN_DIR                   # Tatoeba test, 500 lines
-    python bench/bench_ctranslate2.py --checkpoint RUN_DIR --threads 2 --repeats 7 --out bench/results/ctranslate2.json
+    python -m bench.bench_ctranslate2 --checkpoint RUN_DIR                   # Tatoeba test, 500 lines
+    python -m bench.bench_ctranslate2 --checkpoint RUN_DIR --threads 2 --repeats 7 --out bench/results/ctranslate2.json
 
 RUN_DIR is any checkpoint ``admin-ds translate`` reads, with its sentencepiece model beside it or in its run.
 ``--random-arch PRESET --spm FILE`` instead builds a random-weight model of that preset on the sentencepiece

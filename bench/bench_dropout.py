@@ -1,6 +1,6 @@
 """admin_ds Dropout vs torch.nn.Dropout on CPU: forward and forward+backward time, mask memory.
 
-    python bench/bench_dropout.py [--repeats 7] [--p 0.1]
+    python -m bench.bench_dropout [--repeats 7] [--p 0.1]
 
 Input [64, 32, 128] fp32 (one residual branch of the 60-12 d=128 benchmark batch), 2 threads. Each
 repeat times 50 calls of each kind, alternating; medians of the repeats are printed. "Saved" is what
@@ -9,15 +9,12 @@ autograd keeps for backward per call (nn.Dropout: a float mask; ours: a boolean 
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin_ds.model.dropout import Dropout  # noqa: E402
+from admin_ds.model.dropout import Dropout
 
 
 def per_call(fn, calls: int = 50) -> float:

@@ -4,8 +4,8 @@ Both runs decode the same random-weight model on the same inputs and must return
 (asserted). Runs alternate between the two modes; the figure is the median sentences/s over --repeats.
 Target: incremental >= 3x full recompute at beam 5.
 
-    python bench/bench_generate.py                       # admin-small (6-6, d=256), 16 sentences, beam 5
-    python bench/bench_generate.py --device cuda --sentences 256
+    python -m bench.bench_generate                       # admin-small (6-6, d=256), 16 sentences, beam 5
+    python -m bench.bench_generate --device cuda --sentences 256
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Wall time of Admin's rank-0 hook vs one training step, 2 ranks, ZeRO-2, CPU.
 
-    torchrun --nproc_per_node 2 bench/bench_hook.py [--repeats 5]
+    torchrun --nproc_per_node 2 -m bench.bench_hook [--repeats 5]
 
 Model admin 60-12 d=128 (4 heads, FFN 512, vocabulary 8000); each rank's batch 64 x 32 tokens. The hook
 (profiling forward on every rank, broadcast, write into working and master weights) and the training step
-(forward, backward, optimizer step) alternate; medians of the repeats. Also prints the ω curve.
+(the product's ``train_step``: forward, backward, optimizer step) alternate; medians of the repeats. Also
+prints the ω curve.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -17,12 +19,15 @@ import torch.distributed as dist
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
+from bench.tensor_batch import tensor_batch
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, world, device = training_engine.init_distributed()
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
               "optimizer": {"type": "Adam", "params": {"lr": 1e-5, "torch_adam": True}}}
@@ -32,14 +37,13 @@ def main() -> int:
     gen = torch.Generator().manual_seed(rank)
     src = torch.randint(4, 8000, (64, 32), generator=gen)
     tgt = torch.randint(4, 8000, (64, 33), generator=gen)
+    batch = tensor_batch(src, tgt[:, :-1].contiguous(), tgt[:, 1:].contiguous())
 
     def hook():
         return training_engine.omega_hook(engine, src, tgt[:, :-1])
 
     def step():
-        loss, _ = engine(src, tgt[:, :-1], target=tgt[:, 1:], label_smoothing=0.1)
-        engine.backward(loss / tgt[:, 1:].numel())
-        engine.step()
+        training_engine.train_step(engine, batch, label_smoothing=0.1)
 
     def timed(fn):
         dist.barrier()

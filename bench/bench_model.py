@@ -1,13 +1,14 @@
 """Forward+backward throughput of our Admin model vs a stock ``torch.nn.Transformer`` of identical shape.
 
-    python bench/bench_model.py            # full run (median of 7 timed repetitions per config)
-    python bench/bench_model.py --quick    # median of 5, shorter warm-up
+    python -m bench.bench_model            # full run (median of 7 timed repetitions per config)
+    python -m bench.bench_model --quick    # median of 5, shorter warm-up
 
 Both sides do the same work per step: shared embedding table (scaled, plus sinusoidal positions, dropout),
 encoder with the source padding mask, causal decoder with the memory padding mask, output projection tied
 to the embedding table, cross-entropy over the non-pad targets, backward. Dropout 0.1 on both, attention
-dropout 0 on both. The stock model also applies nn.Transformer's final encoder/decoder LayerNorms (two
-extra LayerNorms; a negligible amount of work, left in because that is what stock nn.Transformer does).
+dropout 0 on both. The stock model (bench/gpu/stock.py, the GPU check's too) also applies nn.Transformer's
+final encoder/decoder LayerNorms (two extra LayerNorms; a negligible amount of work, left in because that
+is what stock nn.Transformer does).
 
 Timing alternates ours / stock inside one process (the order flips every repetition) and reports the
 median. Peak memory is measured per model in a fresh subprocess: the resident-set high-water mark after two
@@ -27,24 +28,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admin_ds.model import build_model
-from admin_ds.model.embedding import sinusoidal_positions
+from admin_ds.model import ModelConfig, TranslationModel, preset_config
+from bench.flops import training_flops
+from bench.gpu.stock import StockTransformer
+from bench.matmul_rate import model_shapes_matmul_rate
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flops import training_flops  # noqa: E402
-from matmul_rate import model_shapes_matmul_rate  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VOCAB = 8000
 PAD = 0
@@ -56,52 +57,30 @@ CONFIGS = {
 }
 
 
-class StockModel(nn.Module):
-    """nn.Transformer plus the embedding and output projection our model has, so both do the same work."""
-
-    def __init__(self, encoder_layers: int, decoder_layers: int, d_model: int, nhead: int, ffn_dim: int):
-        super().__init__()
-        self.table = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
-        nn.init.normal_(self.table.weight, std=d_model ** -0.5)
-        self.scale = math.sqrt(d_model)
-        self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
-        self.dropout = nn.Dropout(DROPOUT)
-        self.transformer = nn.Transformer(d_model, nhead, encoder_layers, decoder_layers, ffn_dim, DROPOUT,
-                                          batch_first=True)
-        self.output_proj = nn.Linear(d_model, VOCAB, bias=False)
-        self.output_proj.weight = self.table.weight
-
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.table(tokens) * self.scale + self.positions[: tokens.size(1)])
-
-    def forward(self, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor) -> torch.Tensor:
-        src_pad = src_tokens.eq(PAD)  # [B, S] True = padding
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt_tokens.size(1))
-        out = self.transformer(self.embed(src_tokens), self.embed(tgt_tokens), tgt_mask=causal,
-                               src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad,
-                               tgt_is_causal=True)
-        return self.output_proj(out)  # [B, T, V]
+def model_config(shape: dict) -> ModelConfig:
+    """Our model's config at ``shape``; the stock model is built from the same one."""
+    return preset_config("admin-small", residual="admin", dropout=DROPOUT, attention_dropout=0.0,
+                         activation_dropout=0.0, src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, pad_id=PAD, **shape)
 
 
 def make_model(side: str, shape: dict) -> nn.Module:
+    """``ours`` (our Admin model) or ``stock`` (nn.Transformer with the same embedding and output,
+    bench/gpu/stock.py) of one shape, seeded alike."""
     torch.manual_seed(0)
-    if side == "ours":
-        model = build_model("admin-small", residual="admin", dropout=DROPOUT, attention_dropout=0.0,
-                            activation_dropout=0.0, src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, pad_id=PAD,
-                            **shape)
-    else:
-        model = StockModel(**shape)
+    cfg = model_config(shape)
+    model = TranslationModel(cfg) if side == "ours" else StockTransformer(cfg)
     return model.train()
 
 
-def make_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(rows: int = BATCH, src_len: int = SRC_LEN, tgt_len: int = TGT_LEN,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded src [B, S], tgt input [B, T] and tgt output [B, T]; about 1 row in 4 is shorter."""
     gen = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, VOCAB, (BATCH, SRC_LEN), generator=gen)
-    tgt = torch.randint(4, VOCAB, (BATCH, TGT_LEN + 1), generator=gen)
-    for row in range(0, BATCH, 4):
-        src[row, SRC_LEN - 1 - row % SRC_LEN // 2:] = PAD
-        tgt[row, TGT_LEN - row % TGT_LEN // 2:] = PAD
+    src = torch.randint(4, VOCAB, (rows, src_len), generator=gen)
+    tgt = torch.randint(4, VOCAB, (rows, tgt_len + 1), generator=gen)
+    for row in range(0, rows, 4):
+        src[row, src_len - 1 - row % src_len // 2:] = PAD
+        tgt[row, tgt_len - row % tgt_len // 2:] = PAD
     tgt[:, 0] = 2  # BOS
     return src, tgt[:, :-1].contiguous(), tgt[:, 1:].contiguous()
 
@@ -147,9 +126,9 @@ def proc_status_kib(field: str) -> int:
 
 
 def memory_of(side: str, name: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory", side, name], check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore",
-                                                          "MALLOC_MMAP_THRESHOLD_": "131072"})
+    out = subprocess.run([sys.executable, "-m", "bench.bench_model", "--memory", side, name], check=True,
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                                                        "MALLOC_MMAP_THRESHOLD_": "131072"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -157,7 +136,7 @@ def bench(name: str, reps: int, warmup: int, steps: int) -> dict:
     shape = CONFIGS[name]
     models = {side: make_model(side, shape) for side in ("ours", "stock")}
     params = {side: sum(p.numel() for p in m.parameters()) for side, m in models.items()}
-    batch = make_batch()
+    batch = make_batch(BATCH, SRC_LEN, TGT_LEN)
     src, tgt_in, _ = batch
     tokens = int(src.ne(PAD).sum() + tgt_in.ne(PAD).sum())
     for side in models:

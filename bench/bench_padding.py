@@ -1,6 +1,6 @@
 """Padding share of our length-bucketed batches on real corpora (the goal: padding under 10%).
 
-    python bench/bench_padding.py [--work DIR] [--quick]
+    python -m bench.bench_padding [--work DIR] [--quick]
 
 Prepares Tatoeba de-en (train) and newstest2014 de-en (news: longer, more varied sentences, the WMT test
 domain) with our own `prepare` (one joint 8k BPE model, trained on Tatoeba and reused for newstest), then
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from admin_ds.data import BatchIterator, ParallelDataset, PrepareConfig, prepare
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.gpu.batches import describe, padding_share  # noqa: E402
+from bench.gpu.batches import describe, padding_share
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MAX_TOKENS = (4096, 16384, 65536)

@@ -6,7 +6,7 @@ times each, `prepare(... spm_model=that model)` over train+dev+test and a plain 
 `prepare` does strictly more (read and decode files, filter, write arrays), so a ratio <= 1.0 means
 its parallel encoding more than pays for that.
 
-    python bench/bench_prepare.py [--repeats 3] [--workers N] [--data ../shared/data/tatoeba-de-en]
+    python -m bench.bench_prepare [--repeats 3] [--workers N] [--data ../shared/data/tatoeba-de-en]
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from admin_ds.data import PrepareConfig, prepare, train_sentencepiece  # noqa: E402
-from admin_ds.data.textio import read_lines  # noqa: E402
+from admin_ds.data import PrepareConfig, prepare, train_sentencepiece
+from admin_ds.data.textio import read_lines
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-en"
 SPLITS = {"train": "train", "valid": "dev", "test": "test"}  # prepare's split name -> file prefix

@@ -11,8 +11,8 @@ commit of this repository, extracted with `git archive` into a temporary folder)
    epoch's first batch, over `--sampler-examples` synthetic pairs (.idx offsets written with numpy from
    WMT-like lengths, .bin files sparse): seconds, peak RSS and the pickled size of the sampler's state.
 
-    python bench/bench_prepare_scale.py [--sizes 400000 3200000] [--old de8cd6d] [--repeats 3]
-    python bench/bench_prepare_scale.py --sizes 20000 40000 --sampler-examples 200000 --repeats 1   # smoke test
+    python -m bench.bench_prepare_scale [--sizes 400000 3200000] [--old de8cd6d] [--repeats 3]
+    python -m bench.bench_prepare_scale --sizes 20000 40000 --sampler-examples 200000 --repeats 1   # smoke test
 
 Without Tatoeba (the shared data folder beside the checkout) parts 1 and 2 use the built-in toy corpus.
 """
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from admin_ds.data import train_sentencepiece, write_synthetic_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from admin_ds.data import train_sentencepiece, write_synthetic_corpus  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tatoeba-de-en"
 MIB = 2**20

@@ -1,15 +1,16 @@
 """Per-rank optimizer-state bytes with 2 ranks at ZeRO 0, 1, 2, 3.
 
-    torchrun --nproc_per_node 2 bench/bench_zero_memory.py
+    torchrun --nproc_per_node 2 -m bench.bench_zero_memory
 
 Counts, per rank, the bytes of every tensor the optimizer holds for training: Adam's moments and the fp32
 master weights where they are separate from the model's weights. Measured in bf16 (the mixed-precision
 setting where ZeRO-0 also keeps fp32 masters, as in the ZeRO paper's 12 bytes per parameter) and in fp32
-(masters are the weights themselves at ZeRO-0). Model: admin 6-6 d=256, vocabulary 8000, one step taken
-so that every state exists.
+(masters are the weights themselves at ZeRO-0). Model: admin 6-6 d=256, vocabulary 8000, one step (the
+product's ``train_step``) taken so that every state exists.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -17,6 +18,8 @@ import torch.distributed as dist
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
+from bench.tensor_batch import tensor_batch
 
 
 def optimizer_bytes(engine) -> tuple[int, int]:
@@ -42,6 +45,7 @@ def optimizer_bytes(engine) -> tuple[int, int]:
 
 
 def main() -> int:
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, world, _ = training_engine.init_distributed()
     results = []
     for precision in ("bf16", "fp32"):
@@ -55,9 +59,7 @@ def main() -> int:
             params = sum(p.numel() for p in model.parameters())
             engine = training_engine.initialize(model, config)
             src = torch.randint(4, 8000, (8, 16))
-            loss, _ = engine(src, src, target=src)
-            engine.backward(loss)
-            engine.step()
+            training_engine.train_step(engine, tensor_batch(src, src, src), label_smoothing=0.1)
             moments, masters = optimizer_bytes(engine)
             totals = torch.tensor([moments, masters], dtype=torch.float64)
             gathered = [torch.zeros_like(totals) for _ in range(world)]

@@ -1,8 +1,8 @@
 """GPU check: training speed of 60-12 Admin models through our DeepSpeed engine on one GPU,
 against a stock ``nn.Transformer`` of the same shape on the same batches, in the same run.
 
-    python3 bench/gpu_check.py --out DIR [--budget-s 450]     # on a GPU (bench/gpu_check.sh runs it)
-    python3 bench/gpu_check.py --out DIR --device cpu --tiny  # every code path on a CPU, tiny shapes
+    python3 -m bench.gpu_check --out DIR [--budget-s 450]     # on a GPU (bench/gpu_check.sh runs it)
+    python3 -m bench.gpu_check --out DIR --device cpu --tiny  # every code path on a CPU, tiny shapes
 
 Matrix: 60-12 d=512 (ffn 2048, 8 heads) and d=1024 (ffn 4096, 16 heads), vocabulary 32000, x bf16 / fp16
 (ZeRO-2, ds_configs/zero2_*.json, DeepSpeed's FusedAdam) x activation checkpointing off / every layer;
@@ -34,6 +34,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -46,18 +47,18 @@ from typing import Callable, Optional
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from admin_ds.model import build_model, preset_config
+from admin_ds.model.compiled import compile_layers
+from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
+from admin_ds.training.schedule import inverse_sqrt_schedule
+from bench.flops import batch_training_flops
+from bench.gpu import batches as batching
+from bench.gpu.measure import host_syncs, matmul_rate, peak_memory_gib, reset_peak
+from bench.gpu.report import summary_table, with_stock_ratios
+from bench.gpu.stock import StockTrainer
 
-from admin_ds.model import build_model, preset_config  # noqa: E402
-from admin_ds.model.compiled import compile_layers  # noqa: E402
-from admin_ds.training import engine as training_engine  # noqa: E402
-from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
-from bench.flops import batch_training_flops  # noqa: E402
-from bench.gpu import batches as batching  # noqa: E402
-from bench.gpu.measure import host_syncs, matmul_rate, peak_memory_gib, reset_peak  # noqa: E402
-from bench.gpu.report import summary_table, with_stock_ratios  # noqa: E402
-from bench.gpu.stock import StockTrainer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PEAK_DENSE_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 SHAPES = {"60-12 d=512": ("admin-60-12", {}), "60-12 d=1024": ("admin-60-12-big", {})}
@@ -199,16 +200,14 @@ def set_checkpointing(model, every: int) -> None:
 
 
 def ours_step(run: Run, engine) -> Callable:
+    """The product's training step (``train_step``); returns the loss per target token (a device tensor)."""
     fused = run.device.type == "cuda"
 
     def step(batch):
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
                 if fused else nullcontext():  # on a GPU a fallback to the unfused math kernel raises
-            loss_sum, _ = engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
-                                 label_smoothing=LABEL_SMOOTHING, src_padded=batch.src_padded)
-            engine.backward(loss_sum / batch.ntokens)
-        engine.step()
-        return loss_sum.detach() / batch.ntokens
+            result = training_engine.train_step(engine, batch, LABEL_SMOOTHING)
+        return result.loss_sum.detach() / batch.ntokens
 
     return step
 
@@ -366,6 +365,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("gpu_check: no CUDA device here; use --device cpu --tiny for the code-path check", file=sys.stderr)
         return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     _, _, device = training_engine.init_distributed()
     matmul = matmul_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

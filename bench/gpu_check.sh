@@ -51,7 +51,7 @@ python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspee
 
 limit=$((DEADLINE - $(date +%s) + 90))
 [ "$limit" -lt 60 ] && limit=60
-timeout --kill-after=10 "$limit" python3 bench/gpu_check.py --out "$OUT" --deadline "$DEADLINE" "$@" 2>&1 \
+timeout --kill-after=10 "$limit" python3 -m bench.gpu_check --out "$OUT" --deadline "$DEADLINE" "$@" 2>&1 \
   | tee "$OUT/gpu_check.log"
 rc=$?
 if [ "$rc" -ne 0 ]; then  # killed or failed: the rows that finished, as a table

@@ -1,8 +1,8 @@
 """Where a training step's time goes: torch.profiler over a few real DeepSpeed steps, grouped by kind.
 
-    python bench/profile_step.py                                  # admin-6-6 shape at d=256, CPU ZeRO-2 bf16
-    python bench/profile_step.py --arch admin-60-12 --d-model 128 --ffn-dim 512 --batch 32x32
-    python bench/profile_step.py --ds-config ds_configs/zero2_bf16.json --arch admin-60-12 --batch 128x64  # GPU
+    python -m bench.profile_step                                  # admin-6-6 shape at d=256, CPU ZeRO-2 bf16
+    python -m bench.profile_step --arch admin-60-12 --d-model 128 --ffn-dim 512 --batch 32x32
+    python -m bench.profile_step --ds-config ds_configs/zero2_bf16.json --arch admin-60-12 --batch 128x64  # GPU
 
 One rank, the real engine (``admin_ds.training.engine.initialize``), a random batch with padding, the
 fused loss; each step is forward, backward and ``engine.step()``. After ``--warmup`` steps, ``--steps``
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -41,12 +42,13 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_reads import HOST_READ_OPS  # noqa: E402
-
-from admin_ds.model import build_model  # noqa: E402
-from admin_ds.training import engine as training_engine  # noqa: E402
-from admin_ds.training.schedule import inverse_sqrt_schedule  # noqa: E402
+from admin_ds.data import Batch
+from admin_ds.model import build_model
+from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
+from admin_ds.training.schedule import inverse_sqrt_schedule
+from bench.host_reads import HOST_READ_OPS
+from bench.tensor_batch import tensor_batch
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = "admin_ds::step"
@@ -200,28 +202,29 @@ def build(args, device):
     return training_engine.initialize(model, config, None, inverse_sqrt_schedule(100, 5e-4, 1e-7))
 
 
-def step(engine, src, tgt_in, tgt_out, src_padded: bool) -> None:
+def step(engine, batch: Batch) -> None:
+    """The product's training step (``train_step``), in one labelled profiler range."""
     with record_function(STEP):
-        loss, _ = engine(src, tgt_in, target=tgt_out, label_smoothing=0.1, src_padded=src_padded)
-        engine.backward(loss / tgt_out.ne(0).sum())
-        engine.step()
+        training_engine.train_step(engine, batch, label_smoothing=0.1)
 
 
 def measure(args) -> dict:
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     _, _, device = training_engine.init_distributed()
     engine = build(args, device)
     label_owners(engine)
-    batch, length = (int(n) for n in args.batch.split("x"))
-    src, tgt_in, tgt_out = random_batch(batch, length, args.vocab, device)
-    src_padded = bool(src.eq(0).any())  # read once, outside the steps, as collate knows it from the lengths
+    rows, length = (int(n) for n in args.batch.split("x"))
+    src, tgt_in, tgt_out = random_batch(rows, length, args.vocab, device)
+    batch = tensor_batch(src, tgt_in, tgt_out)  # token count and src_padded read once, outside the steps
+    src_padded = batch.src_padded
     for _ in range(args.warmup):
-        step(engine, src, tgt_in, tgt_out, src_padded)
+        step(engine, batch)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
-            step(engine, src, tgt_in, tgt_out, src_padded)
+            step(engine, batch)
         if on_gpu:
             torch.cuda.synchronize()
     elapsed_ms = (time.perf_counter() - start) * 1000 / args.steps

@@ -14,8 +14,8 @@ Two parts, one JSON (bench/results/stability.json) and PNGs beside it:
    The paper predicts roughly linear growth with depth for Post-LN and much slower growth for Admin and
    Pre-LN.
 
-    python bench/stability.py                 # the study (about 45 minutes on 2 CPU cores: run it in the background)
-    python bench/stability.py --quick         # a smoke run in minutes: tiny models, few updates
+    python -m bench.stability                 # the study (about 45 minutes on 2 CPU cores: run it in the background)
+    python -m bench.stability --quick         # a smoke run in minutes: tiny models, few updates
 
 Every figure is whatever the run produced; nothing here decides what the outcome should be.
 """

@@ -2,14 +2,16 @@
 
 Every figure is a ratio of two things measured in the same process, alternating (A B, B A, A B, ...) so
 that drift of a shared machine hits both alike; one ratio per repeat, and the suite reports their median.
-The adapters reuse the scripts' own models, batches and step functions; only the sizes change (``quick``:
-a smoke run of tiny sizes). ``python -m bench`` (bench/__main__.py) runs them and writes the results.
+The adapters reuse the scripts' own models, batches and step functions, passing their sizes as arguments
+(``quick``: a smoke run of tiny sizes); no script's module state is changed. ``python -m bench``
+(bench/__main__.py) runs them and writes the results.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -72,12 +74,11 @@ def bench_model(quick: bool) -> list[Figure]:
     configs = {"2-2 d=32": dict(encoder_layers=2, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64)} if quick \
         else b.CONFIGS
     repeats, steps = (5, 1) if quick else (7, 2)
-    if quick:  # the script's batch is a module constant: a smaller one for the smoke run
-        b.BATCH, b.SRC_LEN, b.TGT_LEN = 8, 12, 12
+    batch_shape = (8, 12, 12) if quick else (b.BATCH, b.SRC_LEN, b.TGT_LEN)  # rows, source and target tokens
     figures = []
     for name, shape in configs.items():
         models = {side: b.make_model(side, shape) for side in ("ours", "stock")}
-        batch = b.make_batch()
+        batch = b.make_batch(*batch_shape)
         for model in models.values():
             b.timed(model, batch, 1)  # warm-up
         times = alternate(lambda: b.timed(models["ours"], batch, steps), lambda: b.timed(models["stock"], batch, steps),
@@ -158,9 +159,8 @@ def bench_compile(quick: bool) -> list[Figure]:
     from bench import bench_compile as b
 
     name, repeats, steps = ("2-2 d=32", 5, 1) if quick else ("18-6 d=256", 7, 2)
-    if quick:  # bench_model's batch is a module constant: a smaller one for the smoke run
-        b.bm.BATCH, b.bm.SRC_LEN, b.bm.TGT_LEN = 8, 12, 12
-    models, batch = b.make_pair(b.CONFIGS[name], count_ops=False), b.bm.make_batch()
+    models = b.make_pair(b.CONFIGS[name], count_ops=False)
+    batch = b.bm.make_batch(*(b.QUICK_BATCH if quick else b.FULL_BATCH))
     b.timed(models["compiled"], batch, 1)  # compiles; bench_compile.py reports how long that takes
     b.timed(models["eager"], batch, 1)
     times = alternate(lambda: b.timed(models["compiled"], batch, steps), lambda: b.timed(models["eager"], batch, steps),
@@ -196,21 +196,17 @@ def bench_generate(quick: bool) -> list[Figure]:
 
 
 def bench_engine(quick: bool) -> list[Figure]:
-    from admin_ds.model import build_model
     from admin_ds.training import engine as training_engine
+    from admin_ds.training.rendezvous import fill_rendezvous_env
     from bench import bench_engine as b
 
-    if quick:  # the adapter's one change: a smaller model than the script's 6-6 d=256
-        b.new_model = lambda: (torch.manual_seed(0), build_model("admin-tiny", src_vocab_size=8000,
-                                                                 tgt_vocab_size=8000))[1]
-    # (and, below, the first 8 x 12 tokens of its batch)
+    arch, (rows, length) = ("admin-tiny", (8, 12)) if quick else ("admin-6-6", (64, 32))
     repeats, steps = (5, 1) if quick else (5, 3)
+    os.environ.update(fill_rendezvous_env(os.environ))  # the suite is an entry point: it fills the rendezvous
     training_engine.init_distributed()
     try:
-        plain, zero2 = b.PlainLoop(), b.EngineLoop("cpu_zero2_fp32.json")
-        batch = b.make_batch(8000)
-        if quick:
-            batch = tuple(t[:8, :12].contiguous() for t in batch)
+        plain, zero2 = b.PlainLoop(arch), b.EngineLoop("cpu_zero2_fp32.json", arch)
+        batch = b.make_batch(rows, length)
         times = alternate(lambda: b.timed(zero2, batch, steps), lambda: b.timed(plain, batch, steps), repeats)
     finally:
         training_engine.finish_distributed()
@@ -314,7 +310,7 @@ EXCLUDED = {
 }
 
 # Modules the benchmarks import, not benchmarks themselves.
-HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate"}
+HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate", "tensor_batch"}
 
 
 def finite(figure: Figure) -> bool:

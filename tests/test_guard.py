@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import torch
 
 from admin_ds.training.config import FailureConfig
-from admin_ds.training.guard import UpdateGuard, _clear_skip, _skip_next_step, cut_learning_rate
+from admin_ds.training.engine import clear_skip, skip_next_step
+from admin_ds.training.guard import UpdateGuard, cut_learning_rate
 
 
 class Fp16Engine:
@@ -43,10 +44,11 @@ def test_the_guards_own_skip_leaves_weights_and_adam_state_alone():
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.Adam([param], lr=0.1)
     param.grad = torch.full((3,), float("inf"))
-    _skip_next_step(optimizer)
+    engine = SimpleNamespace(optimizer=optimizer)
+    skip_next_step(engine)
     optimizer.step()
     assert optimizer.overflow and torch.equal(param.detach(), torch.ones(3)) and not optimizer.state
-    _clear_skip(optimizer)
+    clear_skip(engine)
     assert not hasattr(optimizer, "overflow")
     param.grad = torch.ones(3)
     optimizer.step()  # the real step again

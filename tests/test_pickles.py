@@ -142,3 +142,25 @@ def test_rng_state_is_tensors_and_numbers_and_round_trips(tmp_path):
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
     with pytest.raises(UserError, match="not an admin-ds RNG state"):
         set_rng_state({"torch": torch.get_rng_state()})
+
+
+def test_deepspeed_loads_go_through_the_one_weights_only_loader(tmp_path):
+    """During a DeepSpeed load (resume, universal conversion) DeepSpeed's own loader, which passes
+    weights_only=False, reads weights-only: a crafted file is refused unrun, DeepSpeed's own classes come
+    back real, and torch.load is torch's own again afterwards."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from admin_ds.training.engine.internals import deepspeed_loads_weights_only
+
+    marker, crafted, shard = tmp_path / "payload-ran", tmp_path / "crafted.pt", tmp_path / "shard.pt"
+    craft(crafted, marker)
+    torch.save({"zero_stage": ZeroStageEnum(2), "w": torch.ones(2)}, shard)
+    real_load, deepspeed_loader = torch.load, TorchCheckpointEngine()
+    with deepspeed_loads_weights_only():
+        with pytest.raises(UserError, match="refusing to load .*posix.system"):
+            deepspeed_loader.load(str(crafted), map_location="cpu")
+        loaded = deepspeed_loader.load(str(shard), map_location="cpu")
+    assert not marker.exists(), "the payload ran"
+    assert loaded["zero_stage"] is ZeroStageEnum.gradients and torch.equal(loaded["w"], torch.ones(2))
+    assert torch.load is real_load

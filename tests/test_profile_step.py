@@ -8,7 +8,7 @@ from launch_util import REPO, launcher_env
 
 
 def test_profile_step_charges_the_whole_step_to_kinds(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_step.py"), "--arch", "admin-tiny",
+    proc = subprocess.run([sys.executable, "-m", "bench.profile_step", "--arch", "admin-tiny",
                            "--d-model", "0", "--ffn-dim", "0", "--heads", "0", "--batch", "4x8", "--vocab", "200",
                            "--warmup", "1", "--steps", "2", "--out", str(tmp_path)],
                           cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=300)
@@ -30,11 +30,9 @@ def test_profile_step_charges_the_whole_step_to_kinds(tmp_path):
 def test_the_matmul_yardstick_times_the_products_the_flop_model_counts():
     """bench/matmul_rate.py's product list and bench/flops.py's count describe the same step: equal but for
     the causal self-attention, which the FLOP model counts at half and the yardstick runs in full."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from flops import training_flops
-    from matmul_rate import step_products
-
     from admin_ds.model import preset_config
+    from bench.flops import training_flops
+    from bench.matmul_rate import step_products
 
     for shape in (dict(encoder_layers=18, decoder_layers=6, d_model=256, nhead=4, ffn_dim=1024),
                   dict(encoder_layers=3, decoder_layers=5, d_model=64, nhead=8, ffn_dim=96)):

@@ -21,7 +21,7 @@ def test_stability_quick_writes_its_results(tmp_path):
     if not (TATOEBA / "train.de").is_file():
         pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "bench/stability.py", "--quick", "--work", str(tmp_path / "work"),
+    proc = subprocess.run([sys.executable, "-m", "bench.stability", "--quick", "--work", str(tmp_path / "work"),
                            "--out", str(out)], cwd=REPO, env=launcher_env(), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]

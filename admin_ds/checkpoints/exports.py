@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from admin_ds.checkpoints.rundir import TRAIN_CONFIG
-from admin_ds.errors import UserError
+from admin_ds.errors import UserError, first_line
 from admin_ds.io import atomic_directory, read_json_object
 from admin_ds.model import ModelConfig, TranslationModel
 from admin_ds.model.embedding import sinusoidal_positions
@@ -73,11 +73,6 @@ def safetensors_items(path: Path) -> Iterable[tuple[str, tuple, object]]:
         for name in guarded(f.keys):
             shape = guarded(lambda n=name: tuple(f.get_slice(n).get_shape()))
             yield name, shape, lambda n=name: guarded(lambda: f.get_tensor(n))
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # --- filling a model from named tensors ------------------------------------------------------------------

@@ -6,7 +6,8 @@ containers, and refuses any other global unless it is allowed by name. The files
 nothing else, except DeepSpeed's optimizer shards, which carry the four small DeepSpeed objects named in
 ``DEEPSPEED_GLOBALS``. Here (convert, average-checkpoints, translate) those are rebuilt as inert records
 whose fields nobody reads: checkpoints/ does not import deepspeed. The training engine resumes through
-DeepSpeed's own loader with the real classes allowed by the same names (``training/engine.py``).
+DeepSpeed's own loaders, during which ``torch.load`` is this loader with the real classes allowed by the
+same names (``training/engine/internals.py``, ``deepspeed_loads_weights_only``).
 RNG states are written as tensors and numbers for the same reason (``training/state.py``).
 """
 
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import pickle
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
 
-from admin_ds.checkpoints.exports import first_line
-from admin_ds.errors import UserError
+from admin_ds.errors import UserError, first_line
 
 # Exactly what DeepSpeed 0.19 puts in a ZeRO-1/2/3 optimizer shard (fp32, bf16 and fp16), beyond tensors.
 DEEPSPEED_GLOBALS = (
@@ -52,7 +51,7 @@ def _records() -> Allowed:
 
 
 _RECORDS = _records()
-_TORCH_LOAD = torch.load  # the real one, also while all_loads_weights_only stands in for it
+_TORCH_LOAD = torch.load  # the real one, also while a DeepSpeed load stands this loader in for it
 _UNSUPPORTED = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
@@ -69,21 +68,6 @@ def load_weights_only(file: Union[str, Path], allowed: Optional[Allowed] = None,
         what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
         raise UserError(f"refusing to load {file}: it holds {what}, which admin-ds never unpickles "
                         "(a crafted or foreign file?)") from None
-
-
-@contextmanager
-def all_loads_weights_only(allowed: Allowed):
-    """Inside: every ``torch.load`` of this process is ``load_weights_only(file, allowed)``, whatever
-    ``weights_only`` its caller passed. For DeepSpeed code that unpickles with ``weights_only=False`` and
-    offers no hook (its universal-checkpoint converter and loader): it calls ``torch.load`` by name."""
-    def load(file, map_location: Any = None, *_args: Any, **_kwargs: Any) -> Any:
-        return load_weights_only(file, allowed=allowed, map_location=map_location)
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = _TORCH_LOAD
 
 
 def torch_load(file: Path, mmap: bool = True) -> Any:

@@ -22,6 +22,7 @@ from admin_ds.cli.args import (
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import add_deepspeed_arguments
 from admin_ds.training.loop import setup_logging, train
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, Mode
 
 
 def main(args: argparse.Namespace) -> int:
+    os.environ.update(fill_rendezvous_env(os.environ))  # the one place a command writes the environment
     setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
     train(*run_configs(args))
     return 0

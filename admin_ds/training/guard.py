@@ -17,7 +17,9 @@ import math
 from typing import Optional
 
 from admin_ds.training.config import FailureConfig
-from admin_ds.training.engine import local_grad_norm, loss_scale
+from admin_ds.training.engine import clear_skip, cut_learning_rate, local_grad_norm, loss_scale, skip_next_step
+
+__all__ = ["UpdateGuard", "cut_learning_rate"]  # cut_learning_rate: the engine's, named here for the loop
 
 log = logging.getLogger("admin_ds")
 
@@ -39,13 +41,13 @@ class UpdateGuard:
         norm = local_grad_norm(engine)
         self.skipping = norm is not None and not math.isfinite(norm)
         if self.skipping:
-            _skip_next_step(engine.optimizer)
+            skip_next_step(engine)
         return norm
 
     def after_step(self, engine, step: int) -> bool:
         """Record update ``step``; True when the run has diverged."""
         if self.skipping:
-            _clear_skip(engine.optimizer)
+            clear_skip(engine)
             self.skipping = False
         if engine.was_step_applied():
             self.in_a_row, self.diverged = 0, False
@@ -63,32 +65,3 @@ class UpdateGuard:
 
     def reset(self) -> None:
         self.in_a_row, self.diverged = 0, False
-
-
-def _skip_next_step(optimizer) -> None:
-    """Make the next ``optimizer.step()`` change nothing and report itself skipped the way DeepSpeed's own
-    optimizers do (an ``overflow`` flag DeepSpeed reads after the step): DeepSpeed then counts a skipped
-    step, leaves the schedule where it is, and clears the gradients, exactly as for an fp16 overflow."""
-
-    def skipped_step(*args, **kwargs) -> None:
-        optimizer.overflow = True
-
-    optimizer.step = skipped_step
-
-
-def _clear_skip(optimizer) -> None:
-    """Undo ``_skip_next_step``: the optimizer's own ``step`` again, and no ``overflow`` flag."""
-    optimizer.__dict__.pop("step", None)
-    optimizer.__dict__.pop("overflow", None)
-
-
-def cut_learning_rate(engine, factor: float) -> bool:
-    """Scale the schedule's learning rates (torch schedulers: their base rates and the current ones) by
-    ``factor``; False when the schedule is DeepSpeed's own, whose rates come from its config."""
-    schedule = engine.lr_scheduler
-    if not hasattr(schedule, "base_lrs"):
-        return False
-    schedule.base_lrs = [lr * factor for lr in schedule.base_lrs]
-    for group in schedule.optimizer.param_groups:
-        group["lr"] *= factor
-    return True

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from admin_ds.checkpoints.exports import first_line
 from admin_ds.checkpoints.pickles import check_weights_only, torch_load
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
@@ -30,7 +29,7 @@ from admin_ds.checkpoints.rundir import (
     write_run_config,
 )
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
-from admin_ds.errors import UserError
+from admin_ds.errors import UserError, first_line
 from admin_ds.io import write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
 from admin_ds.model.compiled import compile_layers
@@ -48,8 +47,10 @@ from admin_ds.training.engine import (
     model_init_context,
     omega_hook,
     omega_profile,
+    parameter_count,
     precision,
     read_ds_config,
+    train_step,
     zero_stage,
 )
 from admin_ds.training.guard import UpdateGuard, cut_learning_rate
@@ -262,18 +263,11 @@ class Trainer:
 
     def _train_step(self, batch: Batch, window: TokenSums) -> bool:
         """Forward, backward and DeepSpeed's step for one micro-batch; True at an optimizer update."""
-        loss_sum, nll_sum = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
-                                        label_smoothing=self.cfg.label_smoothing, src_padded=batch.src_padded)
-        self.engine.backward(loss_sum / batch.ntokens)
-        # Ask before step(): afterwards DeepSpeed answers for the next micro-batch.
-        boundary = self.engine.is_gradient_accumulation_boundary()
-        if boundary:
-            self.grad_norm = self.guard.before_step(self.engine)
-        self.engine.step()
-        if boundary:
-            self.guard.after_step(self.engine, self.step + 1)
-        window.add(loss_sum, nll_sum, batch.ntokens)
-        return boundary
+        result = train_step(self.engine, batch, self.cfg.label_smoothing, self.guard, self.step + 1)
+        if result.update:
+            self.grad_norm = result.grad_norm
+        window.add(result.loss_sum, result.nll_sum, batch.ntokens)
+        return result.update
 
     def _roll_back(self, window: TokenSums) -> None:
         """Back to this run's last checkpoint (saved or resumed from; never an older run's that --no-resume
@@ -346,7 +340,7 @@ class Trainer:
             write_json_atomic(self.save_dir / DS_CONFIG, self.ds_config)
             self.metrics = MetricsWriter(self.save_dir, self.cfg.max_steps, self.step, self.cfg.tensorboard)
             log.info("model: %s, %.1fM parameters, ZeRO-%d, %s, %d rank(s)", self.model_cfg.residual,
-                     sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters()) / 1e6,
+                     parameter_count(self.model) / 1e6,
                      zero_stage(self.ds_config), precision(self.ds_config), self.world)
         barrier()
 

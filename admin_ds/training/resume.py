@@ -14,11 +14,10 @@ from typing import Optional
 
 import torch
 
-from admin_ds.checkpoints.exports import first_line
 from admin_ds.checkpoints.pickles import check_weights_only
 from admin_ds.checkpoints.rundir import UNIVERSAL
 from admin_ds.checkpoints.zero import saved_world_size
-from admin_ds.errors import UserError
+from admin_ds.errors import UserError, first_line
 from admin_ds.training.engine import broadcast_from_rank0, convert_to_universal, load_checkpoint
 
 log = logging.getLogger("admin_ds")

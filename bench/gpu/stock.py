@@ -1,4 +1,5 @@
-"""The stock side of the GPU check: ``torch.nn.Transformer`` of the same shape, trained the plain torch way.
+"""The one stock baseline: ``torch.nn.Transformer`` of our model's shape, trained the plain torch way (the GPU
+check's stock rows; bench_model.py times its forward and backward against ours on a CPU).
 
 Same work per step as ours: one embedding table shared by source, target and output (scaled by sqrt(D),
 sinusoidal positions, dropout), the encoder with the source padding mask, the causal decoder with the

@@ -7,6 +7,7 @@ makes fp16 run, which is enough to exercise the loss scaler and Admin's hook in 
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -14,6 +15,7 @@ from deepspeed.accelerator import get_accelerator
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 def run(stage: int) -> dict:
@@ -48,6 +50,7 @@ def run(stage: int) -> dict:
 
 def main() -> int:
     get_accelerator().is_fp16_supported = lambda: True
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     training_engine.init_distributed()
     result = {f"zero{stage}": run(stage) for stage in (0, 2)}
     with open(sys.argv[1], "w") as f:

@@ -8,12 +8,14 @@ launcher and imports cost more than the checks. Writes DIR/CASE-rankR.json.
 
 import argparse
 import json
+import os
 import sys
 
 import torch
 
 from admin_ds.model import build_model
 from admin_ds.training import engine as training_engine
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 MODEL = dict(encoder_layers=3, decoder_layers=2, d_model=32, nhead=4, ffn_dim=64, src_vocab_size=50,
              tgt_vocab_size=50)
@@ -61,6 +63,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, world, device = training_engine.init_distributed()
     for case in args.cases.split(","):
         stage, precision = case.split("/")

@@ -10,6 +10,7 @@ Launch and import costs are paid once for all cases.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -21,12 +22,14 @@ from admin_ds.cli import build_parser
 from admin_ds.cli.train import run_configs
 from admin_ds.training import engine as training_engine
 from admin_ds.training.loop import Trainer, setup_logging
+from admin_ds.training.rendezvous import fill_rendezvous_env
 
 
 def run_cases(run_case: Callable[[dict, Trainer, int, Path], None]) -> int:
     """``SCRIPT CASES.json OUT_DIR``: join the process group once, then for each case build the real Trainer
     from its ``argv`` and hand it to ``run_case(case, trainer, rank, out_dir)``, which runs it and records."""
     out = Path(sys.argv[2])
+    os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     rank, _, _ = training_engine.init_distributed()
     setup_logging(rank)
     for case in json.loads(Path(sys.argv[1]).read_text()):

@@ -1,0 +1,107 @@
+"""Processes and collectives: join the group, its timeouts, leave it, and the few collectives the loop uses."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from admin_ds.errors import UserError
+from admin_ds.training.engine.internals import (
+    check_deepspeed_version,
+    raised_in_torch_distributed,
+    set_default_group_timeout,
+    skip_shm_comm_build,
+)
+from admin_ds.training.rendezvous import RENDEZVOUS_VARIABLES
+
+# --- processes ----------------------------------------------------------------------------------------
+
+
+def init_distributed(timeout_minutes: Optional[float] = None) -> tuple[int, int, torch.device]:
+    """Join (or create) the process group; returns (rank, world_size, device).
+
+    The rendezvous variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) must be in the
+    environment: launchers set them, and entry points fill the rest with ``rendezvous.fill_rendezvous_env``.
+    ``timeout_minutes`` bounds every collective: a rank whose partner died stops with the process group's
+    timeout error instead of waiting forever (torch's default is 30 minutes)."""
+    missing = [name for name in RENDEZVOUS_VARIABLES if name not in os.environ]
+    if missing:
+        raise UserError(f"cannot join a process group: {', '.join(missing)} not set (start through admin-ds "
+                        "train or a launcher, or os.environ.update(fill_rendezvous_env(os.environ)) first)")
+    check_deepspeed_version()
+    # NCCL: abort the communicator on a failed or timed-out collective, so the process exits with it
+    # (torch's default since 2.2; set for older versions and launchers that reset the environment).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        skip_shm_comm_build()  # CPU runs are tests and demos (docs/deepspeed.md)
+    if not dist.is_initialized():
+        extra = {}
+        if timeout_minutes is not None:
+            extra["timeout"] = timedelta(minutes=timeout_minutes)
+            # also for the groups DeepSpeed builds itself (data parallel, ZeRO): tests/test_rank_death.py
+            set_default_group_timeout(extra["timeout"])
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), **extra)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+        device = torch.device(accelerator.device_name(local_rank))
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def finish_distributed(peers_alive: bool = True) -> None:
+    """Barrier then destroy: without it two-rank runs sometimes abort at exit after finishing. After a
+    collective failed (``peers_alive=False``) there is no one to meet at a barrier: destroy only."""
+    if dist.is_initialized():
+        if peers_alive:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` came out of torch.distributed: a peer died, hangs past the timeout, or the network
+    failed. NCCL raises DistError; gloo a plain RuntimeError, told apart by where it was raised."""
+    return isinstance(err, dist.DistError) or raised_in_torch_distributed(err)
+
+
+def add_deepspeed_arguments(parser) -> None:
+    """DeepSpeed's own flags (--deepspeed, --deepspeed_config) plus the launcher's --local_rank."""
+    deepspeed.add_config_arguments(parser)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                        help="set by the deepspeed launcher; read from LOCAL_RANK otherwise")
+
+
+# --- collectives --------------------------------------------------------------------------------------
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The element-wise sum over ranks of a small float tensor, as a new float64 tensor on the CPU.
+
+    gloo (CPU) reduces float64; NCCL reduces on the device, where float32 is the portable choice."""
+    if world_size() == 1:
+        return values.detach().to("cpu", torch.float64, copy=True)
+    reduced = values.detach().to(device, torch.float64 if device.type == "cpu" else torch.float32, copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to("cpu", torch.float64)
+
+
+def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``values`` on every rank (in place; returned for convenience)."""
+    if world_size() > 1:
+        dist.broadcast(values, src=0)
+    return values
