@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Optional
 
 from admin_ds.cli.args import (
@@ -22,6 +23,7 @@ from admin_ds.cli.args import (
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import add_deepspeed_arguments
 from admin_ds.training.loop import setup_logging, train
+from admin_ds.training.stopping import RunStopped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,5 +43,9 @@ def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, Mode
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
-    train(*run_configs(args))
+    try:
+        train(*run_configs(args))
+    except RunStopped as stop:  # saved and closed: "stopped to be resumed", not a failure (contracts.md §10)
+        print(f"admin-ds train: {stop}; run the same command to resume", file=sys.stderr)
+        return stop.exit_status
     return 0

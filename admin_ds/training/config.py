@@ -13,6 +13,7 @@ from admin_ds.data import DataInfo
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, preset_config
 from admin_ds.options import option
+from admin_ds.training.stopping import parse_stop_signals
 
 OPTIMIZERS = ("adam", "adamw", "radam")
 
@@ -134,6 +135,11 @@ class FailureConfig:
     rollback_lr_factor: float = option(0.5, help="multiply the learning rate by this at each rollback")
     dist_timeout_minutes: float = option(30.0, help="a collective that waits longer than this (a rank died "
                                                     "or hangs) stops the run with an error")
+    stop_signals: str = option("SIGTERM,SIGUSR1", help="on these signals (comma-separated, or 'none') every "
+                                                       "rank stops after the current update, saves a checkpoint "
+                                                       "and exits with status 75 (resume by running again)")
+    stop_check_interval: int = option(1, help="the ranks agree on a stop request every N updates (one small "
+                                              "all-reduce each time)")
 
     def validate(self) -> FailureConfig:
         if self.skip_patience < 1:
@@ -144,4 +150,7 @@ class FailureConfig:
             raise UserError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
         if not self.dist_timeout_minutes > 0:
             raise UserError(f"--dist-timeout-minutes must be positive, got {self.dist_timeout_minutes}")
+        if self.stop_check_interval < 1:
+            raise UserError(f"--stop-check-interval must be positive, got {self.stop_check_interval}")
+        parse_stop_signals(self.stop_signals)
         return self

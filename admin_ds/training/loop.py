@@ -59,6 +59,7 @@ from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
 from admin_ds.training.state import seed_everything, set_rng_state
+from admin_ds.training.stopping import RunStopped, StopRequest
 
 log = logging.getLogger("admin_ds")
 
@@ -124,6 +125,7 @@ class Trainer:
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
+        self.stop = StopRequest.from_config(self.failure, lambda values: all_reduce_sum(values, self.device))
 
     # --- set-up ---------------------------------------------------------------------------------------
     def _build_engine(self):
@@ -305,8 +307,11 @@ class Trainer:
             self._write(self.validate())
         if self.step % self.cfg.save_interval == 0:
             self.save()
+        self.stop.due(self.step, at_end=self.step == self.cfg.max_steps)
 
     def finished(self) -> bool:
+        if self.stop.stopped_by is not None:
+            return True
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
         if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
@@ -324,10 +329,12 @@ class Trainer:
         if updated and self.step % self.cfg.log_interval != 0 and self.step != self.cfg.max_steps:
             self._log(window, time.perf_counter() - self._window_start)
         validate_every = self.cfg.validate_interval or self.cfg.save_interval
-        if updated and self.valid_data is not None and self.step % validate_every != 0:
-            self._write(self.validate())
+        if updated and self.valid_data is not None and self.step % validate_every != 0 and not self.stop.stopped_by:
+            self._write(self.validate())  # not when stopping: a time limit is near
         if self.step % self.cfg.save_interval != 0:
             self.save()
+        if self.stop.stopped_by:
+            self._write(self.stop.announce(self.step, self.save_dir / step_tag(self.step)))
         if self.metrics is not None:
             self.metrics.close()
 
@@ -369,7 +376,8 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
     """Run one training (on every rank of the launch) and return its run directory."""
     trainer = Trainer(train, data, model, deepspeed_config_path, failure)
     try:
-        trainer.run()
+        with trainer.stop.handlers_installed():  # from here on, a stop signal saves first
+            trainer.run()
     except Exception as err:
         if not is_collective_failure(err):
             finish_distributed()
@@ -380,6 +388,8 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
                         f"to resume from {trainer.save_dir / (latest_tag(trainer.save_dir) or '(no checkpoint yet)')}"
                         ) from None
     finish_distributed()
+    if trainer.stop.stopped_by:
+        raise RunStopped(f"stopped on {trainer.stop.stopped_by} after update {trainer.step}")
     return trainer.save_dir
 
 
