@@ -138,6 +138,8 @@ class FailureConfig:
     stop_signals: str = option("SIGTERM,SIGUSR1", help="on these signals (comma-separated, or 'none') every "
                                                        "rank stops after the current update, saves a checkpoint "
                                                        "and exits with status 75 (resume by running again)")
+    lock_stale_minutes: float = option(10.0, help="a run directory's lock held on another host is taken over "
+                                                  "after this long without its heartbeat (one a minute)")
     stop_check_interval: int = option(1, help="the ranks agree on a stop request every N updates (one small "
                                               "all-reduce each time)")
 
@@ -150,6 +152,8 @@ class FailureConfig:
             raise UserError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
         if not self.dist_timeout_minutes > 0:
             raise UserError(f"--dist-timeout-minutes must be positive, got {self.dist_timeout_minutes}")
+        if not self.lock_stale_minutes > 0:
+            raise UserError(f"--lock-stale-minutes must be positive, got {self.lock_stale_minutes}")
         if self.stop_check_interval < 1:
             raise UserError(f"--stop-check-interval must be positive, got {self.stop_check_interval}")
         parse_stop_signals(self.stop_signals)

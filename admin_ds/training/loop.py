@@ -29,6 +29,7 @@ from admin_ds.checkpoints.rundir import (
     step_tag,
     write_run_config,
 )
+from admin_ds.checkpoints.runlock import hold_run_directory
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
@@ -108,6 +109,7 @@ class Trainer:
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
         self.rank, self.world, self.device = init_distributed(self.failure.dist_timeout_minutes)
+        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, lambda v: all_reduce_sum(v, self.device))
         check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
@@ -310,9 +312,7 @@ class Trainer:
         self.stop.due(self.step, at_end=self.step == self.cfg.max_steps)
 
     def finished(self) -> bool:
-        if self.stop.stopped_by is not None:
-            return True
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+        if self.stop.stopped_by or (self.cfg.max_steps is not None and self.step >= self.cfg.max_steps):
             return True
         if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
             return True
