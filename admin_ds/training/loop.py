@@ -109,12 +109,12 @@ class Trainer:
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
         self.rank, self.world, self.device = init_distributed(self.failure.dist_timeout_minutes)
-        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, lambda v: all_reduce_sum(v, self.device))
         check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
             model.overrides.get("checkpoint_every"))
         self.given_profile = self._read_profile_file()
+        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, lambda v: all_reduce_sum(v, self.device))
         seed_everything(data.seed)
         self.engine = self._build_engine()
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
