@@ -23,7 +23,7 @@ from admin_ds.cli.args import (
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import add_deepspeed_arguments
 from admin_ds.training.loop import setup_logging, train
-from admin_ds.training.stopping import RunStopped
+from admin_ds.training.stopping import RunStopped, parse_stop_signals, stop_signals_caught
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +43,10 @@ def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, Mode
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
+    configs = run_configs(args)
     try:
-        train(*run_configs(args))
+        with stop_signals_caught(parse_stop_signals(configs[-1].stop_signals)):  # before the model is built
+            train(*configs)
     except RunStopped as stop:  # saved and closed: "stopped to be resumed", not a failure (contracts.md §10)
         print(f"admin-ds train: {stop}; run the same command to resume", file=sys.stderr)
         return stop.exit_status

@@ -48,6 +48,34 @@ def parse_stop_signals(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+_received: list[str] = []  # the stop signals this process caught, in order (the handler appends)
+_depth = [0]  # how many stop_signals_caught blocks are open
+
+
+def _record(signum: int, frame) -> None:
+    # A handler runs between two bytecodes of the main thread: it must not log (logging takes a lock the
+    # interrupted code may hold) nor raise; it only notes the request.
+    _received.append(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_signals_caught(signal_names: tuple[str, ...]) -> Iterator[None]:
+    """Record ``signal_names`` instead of dying of them while the block runs; the previous handlers after.
+    Blocks nest: ``admin-ds train`` opens one as soon as its flags are read, so a signal that comes while
+    the model is being built is kept for the first update; ``loop.train`` opens one for callers of the
+    library. The outermost block starts with no signal recorded (tests run several runs in one process)."""
+    if _depth[0] == 0:
+        _received.clear()
+    previous = {signal.Signals[name]: signal.signal(signal.Signals[name], _record) for name in signal_names}
+    _depth[0] += 1
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class RunStopped(Exception):
     """Raised by ``loop.train`` after a stop on a signal, once the checkpoint is saved and the process group
     is closed; ``admin-ds train`` turns it into exit status ``EXIT_STOPPED``."""
@@ -68,8 +96,6 @@ class StopRequest:
         self.signal_names = signal_names
         self.check_interval = check_interval
         self.sum_over_ranks = sum_over_ranks
-        self.received: Optional[str] = None  # the first signal this process got
-        self.times_received = 0
         self.stopped_by: Optional[str] = None  # set on every rank once the ranks agree to stop
 
     @classmethod
@@ -77,26 +103,18 @@ class StopRequest:
         """From a FailureConfig's ``stop_signals`` and ``stop_check_interval``."""
         return cls(parse_stop_signals(failure.stop_signals), failure.stop_check_interval, sum_over_ranks)
 
-    @contextmanager
-    def handlers_installed(self) -> Iterator[None]:
-        """Our handlers while the block runs, the previous ones afterwards (tests run several runs in one
-        process)."""
-        previous = {}
-        for name in self.signal_names:
-            number = signal.Signals[name]
-            previous[number] = signal.signal(number, self._record)
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+    def handlers_installed(self):
+        """``stop_signals_caught`` for this run's signals."""
+        return stop_signals_caught(self.signal_names)
 
-    def _record(self, signum: int, frame) -> None:
-        # A handler runs between two bytecodes of the main thread: it must not log (logging takes a lock
-        # the interrupted code may hold) nor raise; it only notes the request.
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-        self.times_received += 1
+    @property
+    def received(self) -> Optional[str]:
+        """The first stop signal this process caught, if any."""
+        return _received[0] if _received else None
+
+    @property
+    def times_received(self) -> int:
+        return len(_received)
 
     def due(self, step: int, at_end: bool = False) -> bool:
         """Whether every rank stops after update ``step`` (a collective at every ``check_interval``-th update).
@@ -117,5 +135,5 @@ class StopRequest:
     def announce(self, step: int, checkpoint: Path) -> dict:
         """The log line of a stop, once its checkpoint is saved; returns its metrics.jsonl row."""
         log.info("stopped after update %d on %s; checkpoint %s is saved: run the same command to resume "
-                    "(exit status %d)", step, self.stopped_by, checkpoint, EXIT_STOPPED)
+                 "(exit status %d)", step, self.stopped_by, checkpoint, EXIT_STOPPED)
         return {"step": step, "stopped": self.stopped_by}
