@@ -206,7 +206,7 @@ def test_multi_node_script_over_pdsh_and_ssh(sshd, synthetic_data, tmp_path):
 
 
 SLOW_UPDATES = REPO / "tests" / "scripts" / "slow_updates"  # its sitecustomize.py sleeps at every update
-LIMITED_STEPS, UPDATE_SLEEP_S = 250, 0.4
+LIMITED_STEPS, UPDATE_SLEEP_S = 400, 0.4  # over 160 s of training: longer than one allocation
 
 
 def test_time_limit_stops_saves_and_requeues_until_done(slurm, synthetic_data, tmp_path):
