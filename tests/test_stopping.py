@@ -17,7 +17,7 @@ from test_rank_death import ranks_of, wait_for_training
 from test_train import ds_config, rows, run_cases, train_argv, weights
 
 from admin_ds.training.config import FailureConfig
-from admin_ds.training.stopping import EXIT_STOPPED, StopRequest, parse_stop_signals
+from admin_ds.training.stopping import EXIT_STOPPED, StopRequest, parse_stop_signals, stop_signals_caught
 
 from launch_util import REPO, free_port, launcher_env
 
@@ -116,3 +116,14 @@ def test_stop_signals_and_the_agreement():
         os.kill(os.getpid(), signal.SIGTERM)  # a second one changes nothing
         assert stop.received == "SIGTERM" and stop.times_received == 2
         assert stop.due(1) and stop.stopped_by == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    # admin-ds train, once stopped, keeps catching them to its exit (a launcher's late SIGTERM to a rank
+    # that saved and is closing must not turn its 75 into a kill).
+    try:
+        with stop_signals_caught(("SIGTERM",), until_exit_once_stopped=True):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        os.kill(os.getpid(), signal.SIGTERM)  # caught: the test goes on
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

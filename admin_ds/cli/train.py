@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
     configs = run_configs(args)
     try:
-        with stop_signals_caught(parse_stop_signals(configs[-1].stop_signals)):  # before the model is built
+        # From before the model is built to the exit: a stop signal saves first (docs/contracts.md §10).
+        with stop_signals_caught(parse_stop_signals(configs[-1].stop_signals), until_exit_once_stopped=True):
             train(*configs)
     except RunStopped as stop:  # saved and closed: "stopped to be resumed", not a failure (contracts.md §10)
         print(f"admin-ds train: {stop}; run the same command to resume", file=sys.stderr)

@@ -16,6 +16,7 @@ from admin_ds.options import option
 from admin_ds.training.stopping import parse_stop_signals
 
 OPTIMIZERS = ("adam", "adamw", "radam")
+BEST_METRICS = ("valid_loss",)  # lower is better for each (training/best.py)
 
 
 def parse_betas(text: str) -> tuple[float, float]:
@@ -95,6 +96,11 @@ class TrainConfig:
     resume: bool = option(True, help="start afresh even if --save-dir holds a checkpoint", flags=("--no-resume",))
     tensorboard: bool = option(True, help="write no TensorBoard scalars", flags=("--no-tensorboard",))
     valid_split: str = option("valid", help="split of --data that validation reads")
+    best_metric: Optional[str] = option(None, help="keep SAVE_DIR/best/, an fp32 export of the weights with the "
+                                                   "best value of this metric so far (judged at each validation)",
+                                        choices=BEST_METRICS)
+    patience: Optional[int] = option(None, help="stop (after saving) once N validations in a row have not "
+                                                "improved on the best --best-metric (valid_loss if not given)")
 
     def validate(self) -> TrainConfig:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
@@ -116,6 +122,13 @@ class TrainConfig:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_norm < 0:
             raise UserError(f"--clip-norm must be >= 0, got {self.clip_norm}")
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"--patience must be positive, got {self.patience}")
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
+            raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {self.best_metric}")
+        if (self.patience is not None or self.best_metric) and self.validate_interval == 0:
+            raise UserError(f"--{'patience' if self.patience is not None else 'best-metric'} needs validation, "
+                            "but --validate-interval is 0")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         return self

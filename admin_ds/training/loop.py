@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from admin_ds.checkpoints.exports import first_line
-from admin_ds.checkpoints.pickles import check_weights_only, torch_load
+from admin_ds.checkpoints.pickles import check_weights_only
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
@@ -35,6 +36,7 @@ from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
 from admin_ds.model.compiled import compile_layers
+from admin_ds.training.best import BestTracker, write_best_export
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
     all_reduce_sum,
@@ -59,7 +61,7 @@ from admin_ds.training.resume import load_any_world_size
 from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
-from admin_ds.training.state import seed_everything, set_rng_state
+from admin_ds.training.state import restore_rng_file, seed_everything
 from admin_ds.training.stopping import RunStopped, StopRequest
 
 log = logging.getLogger("admin_ds")
@@ -128,6 +130,7 @@ class Trainer:
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
         self.stop = StopRequest.from_config(self.failure, lambda values: all_reduce_sum(values, self.device))
+        self.best = BestTracker(self.cfg, partial(write_best_export, self.engine, self.save_dir))  # best/, patience
 
     # --- set-up ---------------------------------------------------------------------------------------
     def _build_engine(self):
@@ -168,7 +171,7 @@ class Trainer:
         client_state = {"step": self.step, "data": self.train_data.state_dict(),
                         "model_config": self.model_cfg.to_dict(),
                         "omega": omega_profile(self.engine).to_text() if self.is_admin else None,
-                        "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
+                        "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "best": self.best.state_dict()}
         save_run_checkpoint(self.engine, self.save_dir, step_tag(self.step), client_state, self.rank,
                             self.cfg.keep_last, self.device)
         self.good_tag = step_tag(self.step)
@@ -190,10 +193,11 @@ class Trainer:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])
         self.rollbacks, self.lr_scale = int(client_state.get("rollbacks", 0)), float(client_state.get("lr_scale", 1))
+        self.best.load_state_dict(client_state.get("best"))
         self.train_data.load_state_dict(client_state["data"])
         rng_file = rng_state_file(self.save_dir, step_tag(self.step), self.rank)
         if rng_file.is_file():
-            _restore_rng(rng_file)
+            restore_rng_file(rng_file)
         else:
             log.warning("%s is missing: this rank's random streams start afresh (the resume is not exact)",
                         rng_file)
@@ -230,8 +234,8 @@ class Trainer:
             sums.add(loss, nll, batch.ntokens)
         self.engine.train()
         totals = sums.totals()
-        return {"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
-                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))}
+        return self.best.judge({"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
+                                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))})
 
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -312,7 +316,9 @@ class Trainer:
         self.stop.due(self.step, at_end=self.step == self.cfg.max_steps)
 
     def finished(self) -> bool:
-        if self.stop.stopped_by or (self.cfg.max_steps is not None and self.step >= self.cfg.max_steps):
+        if self.stop.stopped_by or self.best.exhausted:
+            return True
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
         if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
             return True
@@ -392,9 +398,3 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
         raise RunStopped(f"stopped on {trainer.stop.stopped_by} after update {trainer.step}")
     return trainer.save_dir
 
-
-def _restore_rng(rng_file: Path) -> None:
-    try:
-        set_rng_state(torch_load(rng_file, mmap=False))
-    except UserError as err:
-        raise UserError(f"{rng_file}: {err}") from None

@@ -59,11 +59,15 @@ def _record(signum: int, frame) -> None:
 
 
 @contextmanager
-def stop_signals_caught(signal_names: tuple[str, ...]) -> Iterator[None]:
+def stop_signals_caught(signal_names: tuple[str, ...], until_exit_once_stopped: bool = False) -> Iterator[None]:
     """Record ``signal_names`` instead of dying of them while the block runs; the previous handlers after.
     Blocks nest: ``admin-ds train`` opens one as soon as its flags are read, so a signal that comes while
     the model is being built is kept for the first update; ``loop.train`` opens one for callers of the
-    library. The outermost block starts with no signal recorded (tests run several runs in one process)."""
+    library. The outermost block starts with no signal recorded (tests run several runs in one process).
+
+    ``until_exit_once_stopped``: after a stop, keep recording to the end of the process. The first rank to
+    exit with 75 makes srun (--kill-on-bad-exit), torchrun and the deepspeed launcher send SIGTERM to the
+    others, which have saved too and are closing: that signal must not turn their 75 into a kill."""
     if _depth[0] == 0:
         _received.clear()
     previous = {signal.Signals[name]: signal.signal(signal.Signals[name], _record) for name in signal_names}
@@ -72,8 +76,9 @@ def stop_signals_caught(signal_names: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         _depth[0] -= 1
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        if not (until_exit_once_stopped and _received):
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 class RunStopped(Exception):
