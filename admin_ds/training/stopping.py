@@ -65,9 +65,10 @@ def stop_signals_caught(signal_names: tuple[str, ...], until_exit_once_stopped: 
     the model is being built is kept for the first update; ``loop.train`` opens one for callers of the
     library. The outermost block starts with no signal recorded (tests run several runs in one process).
 
-    ``until_exit_once_stopped``: after a stop, keep recording to the end of the process. The first rank to
-    exit with 75 makes srun (--kill-on-bad-exit), torchrun and the deepspeed launcher send SIGTERM to the
-    others, which have saved too and are closing: that signal must not turn their 75 into a kill."""
+    ``until_exit_once_stopped``: after a stop, ignore these signals to the end of the process. The first
+    rank to exit with 75 makes srun (--kill-on-bad-exit), torchrun and the deepspeed launcher send SIGTERM
+    to the others, which have saved too and are closing: that signal must not turn their 75 into a kill.
+    SIG_IGN, not a Python handler: Python puts the default action back for those as it shuts down."""
     if _depth[0] == 0:
         _received.clear()
     previous = {signal.Signals[name]: signal.signal(signal.Signals[name], _record) for name in signal_names}
@@ -76,9 +77,9 @@ def stop_signals_caught(signal_names: tuple[str, ...], until_exit_once_stopped: 
         yield
     finally:
         _depth[0] -= 1
-        if not (until_exit_once_stopped and _received):
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+        stopped = until_exit_once_stopped and _received
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_IGN if stopped else handler)
 
 
 class RunStopped(Exception):
