@@ -1,0 +1,122 @@
+"""`python -m bench.study --quick`: the study harness on its smoke plan (tiny data, model and runs).
+
+One module-scoped study folder goes through what the real study does across working sessions: every run is
+stopped at update 4 (checkpointed), the next invocation resumes each from that checkpoint and finishes it,
+and a third invocation finds nothing left to do.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch_util import REPO, launcher_env
+
+TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-en"
+QUICK_RUNS = {"tiny-admin": 12, "plateau-admin-logn-s1": 8}
+RESULT_FIELDS = {
+    "name", "group", "shape", "status", "settings", "give_up", "updates_done", "dev_loss", "train_loss",
+    "best_dev_loss", "best_dev_update", "best_dev_minute", "last_dev_loss", "last_fifth", "longest_flat",
+    "train_minutes", "diverged", "stalled", "rollbacks", "bleu", "chrf", "bleu_signature", "chrf_signature",
+    "test_lines", "beam", "averaged_updates", "translate_seconds", "segments", "wall_minutes", "score_minutes",
+    "cpu_model", "cpu_count", "omp_num_threads", "python", "torch", "commit", "finished_utc"}
+
+
+def study(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(folder), *extra],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stopped_then_finished(tmp_path_factory):
+    """(folder, metrics rows at the stop, the finishing invocation's output)."""
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    folder = tmp_path_factory.mktemp("study")
+    study(folder, "--stop-at-update", "4")
+    at_stop = {name: (folder / "runs" / name / "metrics.jsonl").read_text() for name in QUICK_RUNS}
+    finishing = study(folder)
+    return folder, at_stop, finishing.stdout
+
+
+@pytest.mark.slow
+def test_stopped_runs_resume_from_their_checkpoint(stopped_then_finished):
+    folder, at_stop, _ = stopped_then_finished
+    for name, updates in QUICK_RUNS.items():
+        state = json.loads((folder / "runs" / name / "study_state.json").read_text())
+        spans = [(s["from_update"], s["to_update"]) for s in state["segments"]]
+        assert spans == [(0, 4), (4, updates)], (name, spans)
+        rows_after = (folder / "runs" / name / "metrics.jsonl").read_text()
+        # The first segment's rows are kept as they were: the second went on from them, not from scratch.
+        assert rows_after.startswith(at_stop[name]) and len(rows_after) > len(at_stop[name]), name
+
+
+@pytest.mark.slow
+def test_results_have_every_field_and_no_paths(stopped_then_finished):
+    folder, _, _ = stopped_then_finished
+    for name, updates in QUICK_RUNS.items():
+        text = (folder / "results" / f"{name}.json").read_text()
+        result = json.loads(text)
+        assert set(result) == RESULT_FIELDS, set(result) ^ RESULT_FIELDS
+        assert result["status"] == "finished" and result["updates_done"] == updates
+        assert [step for step, _ in result["dev_loss"]][-1] == updates
+        assert all(math.isfinite(loss) for _, loss in result["dev_loss"])
+        assert result["best_dev_loss"] == min(loss for _, loss in result["dev_loss"])
+        assert result["last_fifth"]["to_update"] == updates and result["wall_minutes"] > 0
+        assert result["cpu_model"] and isinstance(result["diverged"], bool)
+        assert '"/' not in text and str(folder) not in text, f"{name}: an absolute path in the result"
+    scored = json.loads((folder / "results" / "tiny-admin.json").read_text())
+    assert scored["test_lines"] == 12 and "tok:13a" in scored["bleu_signature"] and scored["chrf"] >= 0
+    assert scored["averaged_updates"] == [8, 12] and scored["beam"] == 2
+    probe = json.loads((folder / "results" / "plateau-admin-logn-s1.json").read_text())
+    assert probe["bleu"] is None and probe["settings"]["omega_init"] == "logn" and probe["settings"]["lr"] == 2e-3
+
+
+@pytest.mark.slow
+def test_a_finished_study_skips_its_runs_and_summarises(stopped_then_finished):
+    folder, _, _ = stopped_then_finished
+    before = {p.name: p.read_text() for p in (folder / "results").glob("*.json")}
+    again = study(folder)
+    assert all(f"{name}: skipped" in again.stdout for name in QUICK_RUNS), again.stdout
+    assert "training" not in again.stdout
+    assert {p.name: p.read_text() for p in (folder / "results").glob("*.json")} == before
+    listing = study(folder, "--list").stdout
+    assert all(line.split()[-1] == "done" for line in listing.splitlines()[1:1 + len(QUICK_RUNS)]), listing
+    study(folder, "--summary")
+    summary = (folder / "results" / "summary.md").read_text()
+    assert "| tiny-admin | admin | profile | 1 | 12 |" in summary and "plateau-admin-logn-s1" in summary
+    assert (folder / "results" / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_bad_run_name_is_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only",
+                           "no-such-run", "--list"], cwd=REPO, env=launcher_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no run named 'no-such-run'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_full_plan_is_what_the_study_asks_for():
+    from bench.study.plan import FULL_PLAN, load_plan
+
+    plan = load_plan(FULL_PLAN)
+    study_runs = [run for run in plan.runs if run.group == "study"]
+    for shape in ("shallow", "deep"):
+        runs = [run for run in study_runs if run.shape == shape]
+        assert len({run.updates for run in runs}) == 1 and runs[0].updates >= 2600, shape
+    shallow = {run.settings["residual"] for run in study_runs if run.shape == "shallow"}
+    assert shallow == {"admin", "pre-ln", "post-ln"}
+    deep = sorted((r.settings["residual"], r.settings["omega_init"], r.settings["seed"])
+                  for r in study_runs if r.shape == "deep")
+    assert deep == [("admin", "logn", 1), ("admin", "profile", 1), ("admin", "profile", 2),
+                    ("post-ln", "profile", 1), ("pre-ln", "profile", 1), ("pre-ln", "profile", 2)]
+    for run in study_runs:
+        s = run.settings
+        assert (s["lr"], s["warmup_updates"], s["label_smoothing"]) == (1e-3, 500, 0.1), run.name
+        assert s["dropout"] == s["attention_dropout"] == s["activation_dropout"] == 0.1, run.name
+        assert s["beam"] == 5 and run.score, run.name
+    assert plan.data["vocab_size"] == 8000 and not plan.data.get("train_lines") and not plan.data.get("test_lines")
