@@ -120,3 +120,14 @@ def test_the_full_plan_is_what_the_study_asks_for():
         assert s["dropout"] == s["attention_dropout"] == s["activation_dropout"] == 0.1, run.name
         assert s["beam"] == 5 and run.score, run.name
     assert plan.data["vocab_size"] == 8000 and not plan.data.get("train_lines") and not plan.data.get("test_lines")
+
+
+def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
+    from admin_ds.errors import UserError
+    from bench.study.plan import QUICK_PLAN, load_plan
+    from bench.study.runner import STATE, train_segment
+
+    run = load_plan(QUICK_PLAN).run("tiny-admin")
+    (tmp_path / STATE).write_text(json.dumps({"segments": [], "settings": {**run.settings, "lr": 5e-4}}))
+    with pytest.raises(UserError, match="started with other settings"):
+        train_segment(run, tmp_path / "data", tmp_path, run.updates, None)

@@ -77,13 +77,17 @@ class Plan:
     def estimate_minutes(self, run: Run) -> Optional[float]:
         """Training at the shape's measured rate plus its scoring; None when the shape has no rate yet."""
         shape = self.shapes[run.shape]
-        rate = shape.get("updates_per_minute")
-        if not rate:
+        rates = {int(tokens): rate for tokens, rate in (shape.get("updates_per_minute") or {}).items()}
+        if not rates:
             return None
-        # Plateau probes run at other batch sizes: the rate scales with tokens per update.
-        tokens = run.settings["max_tokens"] / float(shape.get("rate_max_tokens", run.settings["max_tokens"]))
+        tokens = int(run.settings["max_tokens"])
+        if tokens in rates:
+            rate = rates[tokens]
+        else:  # not measured at this batch: the nearest measured one, time taken as proportional to tokens
+            nearest = min(rates, key=lambda measured: abs(measured - tokens))
+            rate = rates[nearest] * nearest / tokens
         scoring = (shape.get("eval_minutes") or 0.0) if run.score else 0.0
-        return run.updates * tokens / rate + scoring
+        return run.updates / rate + scoring
 
 
 def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
@@ -93,7 +97,7 @@ def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
     if entry.get("shape") not in shapes:
         raise UserError(f"run {entry.get('name')!r}: shape {entry.get('shape')!r} is not one of {sorted(shapes)}")
     shape = {key: value for key, value in shapes[entry["shape"]].items()
-             if key not in ("updates_per_minute", "eval_minutes", "rate_max_tokens")}
+             if key not in ("updates_per_minute", "eval_minutes")}
     own = {key: value for key, value in entry.items() if key not in ("name", "group", "shape", "seeds", "give_up")}
     settings = {**recipe, **shape, **groups[group], **own}
     seeds = entry.get("seeds")

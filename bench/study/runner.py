@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from admin_ds.checkpoints.rundir import latest_tag, step_dirs, step_of
+from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from bench.study.curves import read_rows, summarise
 from bench.study.plan import PRECISIONS, Run
@@ -72,6 +73,10 @@ def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: 
     """Train ``run`` up to update ``until`` (or until ``max_minutes``), from its checkpoint if it has one;
     records the segment in study_state.json. Returns the segment."""
     start_update = updates_done(run_dir)
+    state = read_state(run_dir)
+    if state.get("settings", run.settings) != run.settings:
+        raise UserError(f"run {run.name} was started with other settings than the plan's now; give the changed "
+                        f"run a new name, or delete its run directory to start it again")
     argv = [sys.executable, "-m", "admin_ds", "train", "--data", str(data), "--save-dir", str(run_dir),
             *run.train_flags(), "--max-steps", str(until), "--no-tensorboard"]
     config = PRECISIONS[run.settings["precision"]]
@@ -85,7 +90,7 @@ def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: 
         proc = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     segment = {"from_update": start_update, "to_update": updates_done(run_dir),
                "seconds": round(time.perf_counter() - started, 1), "exit_code": proc.returncode}
-    state = read_state(run_dir)
+    state["settings"] = run.settings
     state["segments"].append(segment)
     write_json_atomic(run_dir / STATE, state)
     if proc.returncode != 0 and not _gave_up_diverged(run_dir):
