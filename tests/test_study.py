@@ -131,3 +131,12 @@ def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
     (tmp_path / STATE).write_text(json.dumps({"segments": [], "settings": {**run.settings, "lr": 5e-4}}))
     with pytest.raises(UserError, match="started with other settings"):
         train_segment(run, tmp_path / "data", tmp_path, run.updates, None)
+
+
+@pytest.mark.slow
+def test_a_budget_too_short_to_train_stops_cleanly(tmp_path):
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    proc = study(tmp_path, "--budget-minutes", "1")
+    assert "stopped before the budget ends" in proc.stdout and "training" not in proc.stdout, proc.stdout
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
