@@ -70,6 +70,8 @@ def test_results_have_every_field_and_no_paths(stopped_then_finished):
         assert result["last_fifth"]["to_update"] == updates and result["wall_minutes"] > 0
         assert result["cpu_model"] and isinstance(result["diverged"], bool)
         assert '"/' not in text and str(folder) not in text, f"{name}: an absolute path in the result"
+        kept = sorted(p.name for p in (folder / "runs" / name).glob("global_step*"))
+        assert kept == [f"global_step{updates}"], (name, kept)  # older checkpoints pruned once finished
     scored = json.loads((folder / "results" / "tiny-admin.json").read_text())
     assert scored["test_lines"] == 12 and "tok:13a" in scored["bleu_signature"] and scored["chrf"] >= 0
     assert scored["averaged_updates"] == [8, 12] and scored["beam"] == 2
@@ -90,7 +92,8 @@ def test_a_finished_study_skips_its_runs_and_summarises(stopped_then_finished):
     study(folder, "--summary")
     summary = (folder / "results" / "summary.md").read_text()
     assert "| tiny-admin | admin | profile | 1 | 12 |" in summary and "plateau-admin-logn-s1" in summary
-    assert (folder / "results" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    for png in ("curves.png", "plateau.png"):
+        assert (folder / "results" / png).read_bytes().startswith(b"\x89PNG"), png
 
 
 def test_a_bad_run_name_is_one_clear_error(tmp_path):

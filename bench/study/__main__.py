@@ -26,7 +26,17 @@ from typing import Optional
 from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from bench.study.plan import FULL_PLAN, QUICK_PLAN, Plan, Run, load_plan
-from bench.study.runner import NOT_SCORED, REPO, Budget, gives_up, result_of, score_run, train_segment, updates_done
+from bench.study.runner import (
+    NOT_SCORED,
+    REPO,
+    Budget,
+    gives_up,
+    prune_finished,
+    result_of,
+    score_run,
+    train_segment,
+    updates_done,
+)
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba-de-en"
 # Training stops at a log step after --max-minutes, then validates and saves: this much is kept back.
@@ -135,6 +145,7 @@ def advance(study: Study, run: Run) -> str:
         seconds = time.perf_counter() - started
     result = result_of(run, study.run_dir(run), status, scores, seconds)
     write_json_atomic(study.result_path(run), result)
+    prune_finished(study.run_dir(run))
     if study.commit:
         commit_result(study.result_path(run), run.name)
     return status

@@ -1,5 +1,6 @@
-"""The study's summary from its result files: a markdown table per group (summary.md, for docs/results.md)
-and one figure of the dev-loss curves (curves.png), a panel per shape."""
+"""The study's summary from its result files: a markdown table per group (summary.md, for docs/results.md),
+one figure of the dev-loss curves (curves.png), a panel per shape, and one of the plateau probes
+(plateau.png), a panel per setting."""
 
 from __future__ import annotations
 
@@ -98,9 +99,39 @@ def plot_curves(results: list[dict], out: Path) -> Path | None:
     return path
 
 
+def plot_plateau(results: list[dict], out: Path) -> Path | None:
+    """The probes' dev loss over updates, a panel per setting (the run name without its seed), a line per
+    seed: how often a plateau shows, and which setting removes it."""
+    probes = [r for r in results if r["group"] == "plateau" and r["dev_loss"]]
+    if not probes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(r["name"].rsplit("-s", 1)[0] for r in probes))
+    columns = min(3, len(variants))
+    rows = -(-len(variants) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), sharey=True, squeeze=False)
+    for ax, variant in zip(axes.flat, variants):
+        for r in (r for r in probes if r["name"].rsplit("-s", 1)[0] == variant):
+            ax.plot(*zip(*r["dev_loss"]), "o-", markersize=2, label=f"seed {r['settings']['seed']}")
+        ax.set(title=variant, xlabel="update")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(variants):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("dev loss")
+    path = out / "plateau.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_summary(folder: Path, plan: Plan) -> list[Path]:
     results = read_results(folder, plan)
     folder.mkdir(parents=True, exist_ok=True)
     written = [write_text_atomic(folder / "summary.md", markdown(results))]
-    figure = plot_curves(results, folder)
-    return written + ([figure] if figure else [])
+    figures = [plot_curves(results, folder), plot_plateau(results, folder)]
+    return written + [figure for figure in figures if figure]

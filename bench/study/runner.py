@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -159,6 +160,15 @@ def result_of(run: Run, run_dir: Path, status: str, scores: dict, score_seconds:
         "python": platform.python_version(), "torch": _torch_version(), "commit": _commit(),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def prune_finished(run_dir: Path) -> None:
+    """A finished run needs no optimizer states to resume from: keep the checkpoint ``latest`` names (and the
+    averaged export), drop the older ones (150-180 MB each at the study's shapes)."""
+    keep = latest_tag(run_dir)
+    for path in step_dirs(run_dir):
+        if path.name != keep:
+            shutil.rmtree(path)
 
 
 def _torch_version() -> str:
