@@ -1,6 +1,6 @@
 """`python -m bench.study --quick`: the study harness on its smoke plan (tiny data, model and runs).
 
-One module-scoped study folder goes through what the real study does across working sessions: every run is
+One module-scoped study folder goes through what the real study does across invocations: every run is
 stopped at update 4 (checkpointed), the next invocation resumes each from that checkpoint and finishes it,
 and a third invocation finds nothing left to do.
 """
