@@ -188,7 +188,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         help="result JSONs (default: bench/results/study; with --quick: STUDY/results)")
     parser.add_argument("--raw", type=Path, default=TATOEBA, help="Tatoeba de-en text: train/dev/test .de/.en")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these runs only")
-    parser.add_argument("--group", help="the runs of this group only (study, plateau)")
+    parser.add_argument("--group", help="the runs of this group only (study, shape, plateau)")
     parser.add_argument("--list", action="store_true", help="show the plan, each run's status and minutes")
     parser.add_argument("--summary", action="store_true", help="write summary.md and curves.png from the results")
     parser.add_argument("--budget-minutes", type=float, help="stop (checkpointed) before this many minutes")
