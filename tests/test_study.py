@@ -143,3 +143,13 @@ def test_a_budget_too_short_to_train_stops_cleanly(tmp_path):
     proc = study(tmp_path, "--budget-minutes", "1")
     assert "stopped before the budget ends" in proc.stdout and "training" not in proc.stdout, proc.stdout
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "study.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path)], cwd=REPO,
+                              env=launcher_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "another bench.study is running" in proc.stderr, proc.stderr[-2000:]

@@ -218,6 +218,20 @@ def selected(study: Study, args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def hold_lock(folder: Path):
+    """One invocation at a time per study folder (two would train the same run into one directory); the
+    lock goes with the process, however it ends."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / "study.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another bench.study is running in {folder}; wait for it or give another --study") from None
+    return handle
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -232,6 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for path in write_summary(study.results, study.plan):
                 print(f"wrote {path}")
             return 0
+        lock = hold_lock(study.folder)  # noqa: F841 - held until the process ends
         if not (args.raw / "train.de").is_file():
             raise UserError(f"needs Tatoeba de-en (train/dev/test .de/.en) at {args.raw}; see --raw")
         study.results.mkdir(parents=True, exist_ok=True)
