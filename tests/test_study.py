@@ -153,3 +153,20 @@ def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path)], cwd=REPO,
                               env=launcher_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "another bench.study is running" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_curve_fields_on_a_made_up_run():
+    from bench.study.curves import last_fifth_fall, longest_flat, outcome, training_minutes
+
+    # dev loss falls, sits near 5.6 from update 100 to 250, then falls again: a 150-update plateau
+    curve = [[50, 6.2], [100, 5.65], [150, 5.62], [200, 5.66], [250, 5.60], [300, 5.0]]
+    assert longest_flat(curve) == {"updates": 150, "from_update": 100, "to_update": 250, "dev_loss": 5.65}
+    assert last_fifth_fall(curve, 300) == {"from_update": 200, "to_update": 300, "fall": 0.66,
+                                           "relative_fall": round(0.66 / 5.66, 4)}
+    # a second process (a resumed run) restarts elapsed_s: its minutes add to the first one's
+    rows = [{"step": 10, "loss": 9.0, "elapsed_s": 60}, {"step": 20, "loss": 8.0, "elapsed_s": 120},
+            {"step": 30, "loss": 7.0, "elapsed_s": 30}]
+    assert training_minutes(rows) == [(10, 1.0), (20, 2.0), (30, 2.5)]
+    assert outcome(rows, [[10, 6.4], [20, 6.3], [30, 6.2]]) == {"diverged": False, "stalled": True, "rollbacks": 0}
+    assert outcome(rows, curve)["stalled"] is False
+    assert outcome(rows + [{"step": 40, "loss": float("nan"), "elapsed_s": 40}], curve)["diverged"] is True
