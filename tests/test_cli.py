@@ -71,6 +71,10 @@ def test_train_bad_inputs(tmp_path, capsys, synthetic_data):
     base = ["train", "--save-dir", save, "--max-steps", "2", *TINY]
     one_line_error(capsys, [*base, "--data", str(tmp_path / "missing")], "does not exist")
     one_line_error(capsys, ["train", "--data", str(synthetic_data), "--save-dir", save, *TINY], "--max-steps")
+    for flag, value, match in [("--stop-signals", "SIGKILL", "is not one of SIGTERM"),
+                               ("--stop-check-interval", "0", "must be positive"),
+                               ("--lock-stale-minutes", "0", "must be positive")]:
+        one_line_error(capsys, [*base, "--data", str(synthetic_data), flag, value], match)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{ not json")
     one_line_error(capsys, [*base, "--data", str(synthetic_data), "--deepspeed_config", str(bad_json)],

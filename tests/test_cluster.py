@@ -86,14 +86,18 @@ def finish(proc: subprocess.Popen, timeout: int, log: Path) -> int:
     return proc.returncode
 
 
+def rows(save: Path) -> list[dict]:
+    return [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(save: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (save / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows(save) if "loss" in row]  # a stop on a signal adds a `stopped` row
 
 
-def final_weights(save: Path) -> dict:
+def final_weights(save: Path, steps: int = STEPS) -> dict:
     """The fp32 weights of the newest checkpoint, as `admin-ds convert` reads them from the ZeRO shards."""
     model, info = read_deepspeed_checkpoint(save)
-    assert info["step"] == STEPS and info["world_size"] == 2
+    assert info["step"] == steps and info["world_size"] == 2
     return model.state_dict()
 
 
@@ -199,3 +203,45 @@ def test_multi_node_script_over_pdsh_and_ssh(sshd, synthetic_data, tmp_path):
     assert re.search(r"^localhost: .*dist_world_size=2", out, re.M) and re.search(r"^127\.0\.0\.1: ", out, re.M)
     assert (save / "latest").read_text().strip() == "global_step4"
     assert json.loads((save / "train_config.json").read_text())["world_size"] == 2
+
+
+SLOW_UPDATES = REPO / "tests" / "scripts" / "slow_updates"  # its sitecustomize.py sleeps at every update
+LIMITED_STEPS, UPDATE_SLEEP_S = 400, 0.4  # over 160 s of training: longer than one allocation
+
+
+def test_time_limit_stops_saves_and_requeues_until_done(slurm, synthetic_data, tmp_path):
+    """A job whose training outlasts its time limit (3 minutes; the template's warning moved to 60 s
+    before it, so that it never lands while the ranks start): at each warning the ranks save and exit 75, the
+    job requeues itself, and after the requeues it ends COMPLETED with the weights of an uninterrupted job."""
+    reference = tmp_path / "reference"
+    proc = slurm.submit(slurm.sbatch("reference", tmp_path / "reference.out", *TRAIN_FLAGS),
+                        job_env(synthetic_data, reference, LIMITED_STEPS))
+    assert finish(proc, 300, tmp_path / "reference.out") == 0, (tmp_path / "reference.out").read_text()[-3000:]
+
+    log, save = tmp_path / "job.out", tmp_path / "run"
+    started = time.perf_counter()
+    env = job_env(synthetic_data, save, LIMITED_STEPS, ADMIN_DS_TEST_UPDATE_SLEEP=str(UPDATE_SLEEP_S),
+                  PYTHONPATH=os.pathsep.join([str(SLOW_UPDATES), str(REPO)]))
+    proc = slurm.submit(slurm.sbatch("limited", log, *TRAIN_FLAGS, sbatch_flags=("--time=3", "--signal=B:USR1@60")),
+                        env)
+    job = slurm.job_id("limited")
+    deadline = time.monotonic() + 840
+    while slurm.show(job, "JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        if slurm.show(job, "JobState") == "PENDING" and slurm.show(job, "Reason") == "BeginTime":
+            # SLURM holds a requeued job ~2 minutes; bring it to 3 s from now (not sooner: docs/cluster.md).
+            slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now+3")
+        time.sleep(2)
+    proc.kill()
+    seconds = time.perf_counter() - started
+    text = log.read_text()
+    restarts = int(slurm.show(job, "Restarts"))
+    print(f"time-limited job: {seconds:.1f} s, {restarts} requeue(s)")
+    assert (slurm.show(job, "JobState"), slurm.show(job, "ExitCode")) == ("COMPLETED", "0:0"), text[-3000:]
+    assert restarts >= 1 and text.count("training stopped to be resumed; requeueing job") == restarts, text[-3000:]
+    stops = [row for row in rows(save) if "stopped" in row]
+    assert len(stops) == restarts and all(row["stopped"] == "SIGUSR1" for row in stops), stops
+    assert losses(save) == losses(reference)
+    expected, weights = final_weights(reference, LIMITED_STEPS), final_weights(save, LIMITED_STEPS)
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, weights[name]), f"{name} differs after the requeues"

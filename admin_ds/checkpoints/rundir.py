@@ -11,6 +11,8 @@
     SAVE_DIR/tensorboard/                 the same scalars for TensorBoard
     SAVE_DIR/universal/global_stepN/      DeepSpeed's universal form of checkpoint N, made when a run resumed
                                           it on another number of ranks (removed at the next save)
+    SAVE_DIR/run.lock                     the run that holds the directory now: host, PID, SLURM job
+                                          (checkpoints/runlock.py; removed when that run's process exits)
 
 The tokenizer of a checkpoint is found by ``find_spm`` (see its docstring); exports record it as
 ``"spm_model"`` in their config.json.
@@ -34,6 +36,7 @@ METRICS = "metrics.jsonl"
 OMEGA_PROFILE = "omega.profile"
 TENSORBOARD = "tensorboard"
 UNIVERSAL = "universal"
+RUN_LOCK = "run.lock"
 SPM_BESIDE = "spm.model"
 _STEP_TAG = re.compile(r"global_step(\d+)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Optional
 
 from admin_ds.cli.args import (
@@ -23,6 +24,7 @@ from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, Tra
 from admin_ds.training.engine import add_deepspeed_arguments
 from admin_ds.training.loop import setup_logging, train
 from admin_ds.training.rendezvous import fill_rendezvous_env
+from admin_ds.training.stopping import RunStopped, parse_stop_signals, stop_signals_caught
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,5 +45,12 @@ def run_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig, Mode
 def main(args: argparse.Namespace) -> int:
     os.environ.update(fill_rendezvous_env(os.environ))  # the one place a command writes the environment
     setup_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
-    train(*run_configs(args))
+    configs = run_configs(args)
+    try:
+        # From before the model is built to the exit: a stop signal saves first (docs/contracts.md §10).
+        with stop_signals_caught(parse_stop_signals(configs[-1].stop_signals), until_exit_once_stopped=True):
+            train(*configs)
+    except RunStopped as stop:  # saved and closed: "stopped to be resumed", not a failure (contracts.md §10)
+        print(f"admin-ds train: {stop}; run the same command to resume", file=sys.stderr)
+        return stop.exit_status
     return 0

@@ -24,7 +24,7 @@ from admin_ds.inference.scoring import score
 from admin_ds.inference.translate import translate_lines
 from admin_ds.io import write_json_atomic, write_text_atomic
 from admin_ds.options import option
-from admin_ds.training.config import DataConfig, ModelChoice, TrainConfig
+from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.loop import train
 
 
@@ -99,7 +99,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                                  warmup_updates=cfg.warmup_updates, save_interval=cfg.max_steps,
                                  validate_interval=max(cfg.max_steps // 4, 1), log_interval=50,
                                  tensorboard=False),
-                     DataConfig(data=str(data_dir), max_tokens=cfg.max_tokens), ModelChoice(cfg.arch))
+                     DataConfig(data=str(data_dir), max_tokens=cfg.max_tokens), ModelChoice(cfg.arch),
+                     failure=FailureConfig(stop_signals="none"))  # the demo never resumes: a signal just ends it
     print(f"      {save_dir} ({time.perf_counter() - t:.0f} s)")
 
     t = _step(3, f"translate {cfg.test_lines} test sentences (beam {cfg.beam}) and score with sacrebleu")

@@ -13,8 +13,10 @@ from admin_ds.data import DataInfo
 from admin_ds.errors import UserError
 from admin_ds.model import OMEGA_INITS, ModelConfig, preset_config
 from admin_ds.options import option
+from admin_ds.training.stopping import parse_stop_signals
 
 OPTIMIZERS = ("adam", "adamw", "radam")
+BEST_METRICS = ("valid_loss",)  # lower is better for each (training/best.py)
 
 
 def parse_betas(text: str) -> tuple[float, float]:
@@ -98,6 +100,11 @@ class TrainConfig:
     resume: bool = option(True, help="start afresh even if --save-dir holds a checkpoint", flags=("--no-resume",))
     tensorboard: bool = option(True, help="write no TensorBoard scalars", flags=("--no-tensorboard",))
     valid_split: str = option("valid", help="split of --data that validation reads")
+    best_metric: Optional[str] = option(None, help="keep SAVE_DIR/best/, an fp32 export of the weights with the "
+                                                   "best value of this metric so far (judged at each validation)",
+                                        choices=BEST_METRICS)
+    patience: Optional[int] = option(None, help="stop (after saving) once N validations in a row have not "
+                                                "improved on the best --best-metric (valid_loss if not given)")
 
     def validate(self) -> TrainConfig:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
@@ -119,6 +126,13 @@ class TrainConfig:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_norm < 0:
             raise UserError(f"--clip-norm must be >= 0, got {self.clip_norm}")
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"--patience must be positive, got {self.patience}")
+        if self.best_metric is not None and self.best_metric not in BEST_METRICS:
+            raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {self.best_metric}")
+        if (self.patience is not None or self.best_metric) and self.validate_interval == 0:
+            raise UserError(f"--{'patience' if self.patience is not None else 'best-metric'} needs validation, "
+                            "but --validate-interval is 0")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.omega_init not in OMEGA_INITS:
@@ -148,6 +162,13 @@ class FailureConfig:
     rollback_lr_factor: float = option(0.5, help="multiply the learning rate by this at each rollback")
     dist_timeout_minutes: float = option(30.0, help="a collective that waits longer than this (a rank died "
                                                     "or hangs) stops the run with an error")
+    stop_signals: str = option("SIGTERM,SIGUSR1", help="on these signals (comma-separated, or 'none') every "
+                                                       "rank stops after the current update, saves a checkpoint "
+                                                       "and exits with status 75 (resume by running again)")
+    lock_stale_minutes: float = option(10.0, help="a run directory's lock held on another host is taken over "
+                                                  "after this long without its heartbeat (one a minute)")
+    stop_check_interval: int = option(1, help="the ranks agree on a stop request every N updates (one small "
+                                              "all-reduce each time)")
 
     def validate(self) -> FailureConfig:
         if self.skip_patience < 1:
@@ -158,4 +179,9 @@ class FailureConfig:
             raise UserError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
         if not self.dist_timeout_minutes > 0:
             raise UserError(f"--dist-timeout-minutes must be positive, got {self.dist_timeout_minutes}")
+        if not self.lock_stale_minutes > 0:
+            raise UserError(f"--lock-stale-minutes must be positive, got {self.lock_stale_minutes}")
+        if self.stop_check_interval < 1:
+            raise UserError(f"--stop-check-interval must be positive, got {self.stop_check_interval}")
+        parse_stop_signals(self.stop_signals)
         return self

@@ -12,13 +12,14 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from admin_ds.checkpoints.pickles import check_weights_only, torch_load
+from admin_ds.checkpoints.pickles import check_weights_only
 from admin_ds.checkpoints.rundir import (
     DS_CONFIG,
     OMEGA_PROFILE,
@@ -28,11 +29,13 @@ from admin_ds.checkpoints.rundir import (
     step_tag,
     write_run_config,
 )
+from admin_ds.checkpoints.runlock import hold_run_directory
 from admin_ds.data import Batch, BatchIterator, ParallelDataset, load_meta
 from admin_ds.errors import UserError, first_line
 from admin_ds.io import write_json_atomic
 from admin_ds.model import OmegaProfile, TranslationModel
 from admin_ds.model.compiled import compile_layers
+from admin_ds.training.best import BestTracker, write_best_export
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import (
     all_reduce_sum,
@@ -59,7 +62,8 @@ from admin_ds.training.resume import load_any_world_size
 from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
-from admin_ds.training.state import seed_everything, set_rng_state
+from admin_ds.training.state import restore_rng_file, seed_everything
+from admin_ds.training.stopping import RunStopped, StopRequest
 
 log = logging.getLogger("admin_ds")
 
@@ -113,6 +117,7 @@ class Trainer:
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
             model.overrides.get("checkpoint_every"))
         self.given_profile = self._given_profile()
+        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, lambda v: all_reduce_sum(v, self.device))
         seed_everything(data.seed)
         self.engine = self._build_engine()
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
@@ -125,6 +130,8 @@ class Trainer:
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
+        self.stop = StopRequest.from_config(self.failure, lambda values: all_reduce_sum(values, self.device))
+        self.best = BestTracker(self.cfg, partial(write_best_export, self.engine, self.save_dir))  # best/, patience
 
     # --- set-up ---------------------------------------------------------------------------------------
     def _build_engine(self):
@@ -169,7 +176,7 @@ class Trainer:
         client_state = {"step": self.step, "data": self.train_data.state_dict(),
                         "model_config": self.model_cfg.to_dict(),
                         "omega": omega_profile(self.engine).to_text() if self.is_admin else None,
-                        "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
+                        "rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "best": self.best.state_dict()}
         save_run_checkpoint(self.engine, self.save_dir, step_tag(self.step), client_state, self.rank,
                             self.cfg.keep_last, self.device)
         self.good_tag = step_tag(self.step)
@@ -191,10 +198,11 @@ class Trainer:
             raise UserError(f"{self.save_dir}: 'latest' names a checkpoint that cannot be loaded")
         self.step = int(client_state["step"])
         self.rollbacks, self.lr_scale = int(client_state.get("rollbacks", 0)), float(client_state.get("lr_scale", 1))
+        self.best.load_state_dict(client_state.get("best"))
         self.train_data.load_state_dict(client_state["data"])
         rng_file = rng_state_file(self.save_dir, step_tag(self.step), self.rank)
         if rng_file.is_file():
-            _restore_rng(rng_file)
+            restore_rng_file(rng_file)
         else:
             log.warning("%s is missing: this rank's random streams start afresh (the resume is not exact)",
                         rng_file)
@@ -232,8 +240,8 @@ class Trainer:
             sums.add(loss, nll, batch.ntokens)
         self.engine.train()
         totals = sums.totals()
-        return {"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
-                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))}
+        return self.best.judge({"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
+                                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))})
 
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -304,8 +312,11 @@ class Trainer:
             self._write(self.validate())
         if self.step % self.cfg.save_interval == 0:
             self.save()
+        self.stop.due(self.step, at_end=self.step == self.cfg.max_steps)
 
     def finished(self) -> bool:
+        if self.stop.stopped_by or self.best.exhausted:
+            return True
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
         if self.cfg.max_epochs is not None and self.train_data.epoch > self.cfg.max_epochs:
@@ -323,10 +334,12 @@ class Trainer:
         if updated and self.step % self.cfg.log_interval != 0 and self.step != self.cfg.max_steps:
             self._log(window, time.perf_counter() - self._window_start)
         validate_every = self.cfg.validate_interval or self.cfg.save_interval
-        if updated and self.valid_data is not None and self.step % validate_every != 0:
-            self._write(self.validate())
+        if updated and self.valid_data is not None and self.step % validate_every != 0 and not self.stop.stopped_by:
+            self._write(self.validate())  # not when stopping: a time limit is near
         if self.step % self.cfg.save_interval != 0:
             self.save()
+        if self.stop.stopped_by:
+            self._write(self.stop.announce(self.step, self.save_dir / step_tag(self.step)))
         if self.metrics is not None:
             self.metrics.close()
 
@@ -368,7 +381,8 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
     """Run one training (on every rank of the launch) and return its run directory."""
     trainer = Trainer(train, data, model, deepspeed_config_path, failure)
     try:
-        trainer.run()
+        with trainer.stop.handlers_installed():  # from here on, a stop signal saves first
+            trainer.run()
     except Exception as err:
         if not is_collective_failure(err):
             finish_distributed()
@@ -379,11 +393,7 @@ def train(train: TrainConfig, data: DataConfig, model: ModelChoice,
                         f"to resume from {trainer.save_dir / (latest_tag(trainer.save_dir) or '(no checkpoint yet)')}"
                         ) from None
     finish_distributed()
+    if trainer.stop.stopped_by:
+        raise RunStopped(f"stopped on {trainer.stop.stopped_by} after update {trainer.step}")
     return trainer.save_dir
 
-
-def _restore_rng(rng_file: Path) -> None:
-    try:
-        set_rng_state(torch_load(rng_file, mmap=False))
-    except UserError as err:
-        raise UserError(f"{rng_file}: {err}") from None

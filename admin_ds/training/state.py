@@ -7,10 +7,12 @@ A state is written as tensors and numbers only, so that it loads with torch's we
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from admin_ds.checkpoints.pickles import torch_load
 from admin_ds.errors import UserError
 
 
@@ -46,3 +48,11 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def restore_rng_file(rng_file: Path) -> None:
+    """Continue the streams a checkpoint's ``rng_state_rankR.pt`` holds (read weights-only)."""
+    try:
+        set_rng_state(torch_load(rng_file, mmap=False))
+    except UserError as err:
+        raise UserError(f"{rng_file}: {err}") from None

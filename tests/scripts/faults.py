@@ -6,6 +6,7 @@ Faults (each is real: a real SIGKILL, a really full file system, real non-finite
     kill-in-save STEP RANK     rank RANK writes half of its first file of checkpoint STEP, then SIGKILLs itself
     fill-disk-after-save STEP  after checkpoint STEP is saved, a file fills the run's file system
     bad-grads RANK STEPS       rank RANK's gradients are inf at each update in STEPS (comma-separated), once
+    signal-in-save             every rank sends itself SIGTERM and SIGUSR1 as it starts its first checkpoint file
 The command then runs as `admin-ds train` does (one line and exit 2 for a UserError).
 """
 
@@ -33,6 +34,20 @@ def kill_in_save(step: str, victim: str) -> None:
             data = Path(target).read_bytes()
             Path(target).write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, target, *args, **kwargs)
+
+    torch.save = save
+
+
+def signal_in_save() -> None:
+    real_save = torch.save
+    sent = []
+
+    def save(obj, target, *args, **kwargs):
+        if not sent and isinstance(target, (str, Path)) and "global_step" in str(target):
+            sent.append(target)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
         return real_save(obj, target, *args, **kwargs)
 
     torch.save = save
@@ -76,7 +91,8 @@ def bad_grads(victim: str, steps: str):
     return lambda: setattr(loop.Trainer, "_train_step", real_step)
 
 
-FAULTS = {"kill-in-save": kill_in_save, "fill-disk-after-save": fill_disk_after_save, "bad-grads": bad_grads}
+FAULTS = {"kill-in-save": kill_in_save, "signal-in-save": signal_in_save, "fill-disk-after-save": fill_disk_after_save,
+          "bad-grads": bad_grads}
 
 if __name__ == "__main__":
     split = sys.argv.index("--")
