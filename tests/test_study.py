@@ -170,3 +170,37 @@ def test_curve_fields_on_a_made_up_run():
     assert outcome(rows, [[10, 6.4], [20, 6.3], [30, 6.2]]) == {"diverged": False, "stalled": True, "rollbacks": 0}
     assert outcome(rows, curve)["stalled"] is False
     assert outcome(rows + [{"step": 40, "loss": float("nan"), "elapsed_s": 40}], curve)["diverged"] is True
+
+
+@pytest.mark.slow
+def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tmp_path):
+    """SIGTERM to the study mid-training: the trainer saves and exits 75, so does the study; the run then
+    resumes from that checkpoint. Every update sleeps 0.5 s (tests/scripts/slow_updates) so that the signal
+    lands while the run trains."""
+    import os
+    import signal
+    import time
+
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    env = launcher_env()
+    env.update(ADMIN_DS_TEST_UPDATE_SLEEP="0.5",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "scripts" / "slow_updates"), env["PYTHONPATH"]]))
+    command = [sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only", "tiny-admin"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny-admin" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "training never logged a row"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-2000:] + err[-2000:]
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    stopped_at = state["segments"][-1]["to_update"]
+    assert state["segments"][-1]["exit_code"] == 75 and 0 < stopped_at < QUICK_RUNS["tiny-admin"], state
+    assert not (tmp_path / "results" / "tiny-admin.json").exists()
+    study(tmp_path, "--only", "tiny-admin")
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    assert state["segments"][-1]["from_update"] == stopped_at and state["segments"][-1]["exit_code"] == 0
+    assert json.loads((tmp_path / "results" / "tiny-admin.json").read_text())["updates_done"] == 12

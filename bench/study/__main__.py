@@ -10,7 +10,8 @@ plateau probes, from the plan in bench/study_plan.json, resumable across invocat
 
 Finished runs (a result file in the results folder) are skipped; an unfinished one resumes from its last
 checkpoint. ``--budget-minutes`` stops training early enough to checkpoint (and, where the time allows,
-score) before the budget ends; the next invocation carries on.
+score) before the budget ends; SIGTERM (or SIGUSR1, SIGHUP) makes the training process checkpoint and the
+study exit with status 75. The next invocation carries on.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from bench.study.plan import FULL_PLAN, QUICK_PLAN, Plan, Run, load_plan
 from bench.study.runner import (
+    EXIT_STOPPED,
     NOT_SCORED,
     REPO,
+    STOP,
     Budget,
     gives_up,
     prune_finished,
@@ -112,6 +115,8 @@ def train_to(study: Study, run: Run, until: int, reserve: float) -> str:
             return "paused"
         print(f"{run.name}: training updates {updates_done(run_dir)} -> {until}", flush=True)
         segment = train_segment(run, study.data, run_dir, until, max_minutes)
+        if segment["exit_code"] == EXIT_STOPPED or STOP.signal is not None:
+            return "stopped"
         if segment["exit_code"] != 0:
             return "diverged"
     return "reached" if updates_done(run_dir) >= target else "paused"
@@ -130,12 +135,14 @@ def advance(study: Study, run: Run) -> str:
             if reached == "diverged":
                 status = "diverged"
                 break
-            return "paused"
+            return reached
         if stage != run.updates and gives_up(run, study.run_dir(run)):
             status = "gave_up"
             break
     scores, seconds = dict(NOT_SCORED), 0.0
     if run.score and status == "finished":
+        if STOP.signal is not None:
+            return "stopped"
         left = study.budget.left()
         if left is not None and left < reserve:
             return "paused"
@@ -251,9 +258,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"needs Tatoeba de-en (train/dev/test .de/.en) at {args.raw}; see --raw")
         study.results.mkdir(parents=True, exist_ok=True)
         prepare_data(study)
+        STOP.catch()
         for run in runs:
-            status = advance(study, run)
+            status = "stopped" if STOP.signal is not None else advance(study, run)
             print(f"{run.name}: {status}", flush=True)
+            if status == "stopped":
+                print("stopped by a signal, checkpointed; run the same command to carry on", flush=True)
+                return EXIT_STOPPED
             if status == "paused" and study.stop_at is None:
                 print("stopped before the budget ends; run the same command to carry on", flush=True)
                 return 0

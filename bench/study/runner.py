@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,30 @@ STATE = "study_state.json"
 AVERAGED = "averaged"
 # Padded source tokens per decoding batch, as the CPU recipe scores.
 DECODE_TOKENS = 6000
+
+
+# ``admin-ds train``'s exit status after a stop signal: checkpointed, to be resumed (docs/contracts.md).
+EXIT_STOPPED = 75
+
+
+class StopRequest:
+    """A stop signal to the study (SIGTERM, SIGUSR1, SIGHUP): passed on to the training process as SIGTERM
+    (it saves and exits with EXIT_STOPPED), and remembered so that no new run or scoring starts."""
+
+    signal: Optional[int] = None
+    child: Optional[subprocess.Popen] = None
+
+    def handle(self, signum, _frame) -> None:
+        self.signal = signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def catch(self) -> None:
+        for name in ("SIGTERM", "SIGUSR1", "SIGHUP"):
+            signal.signal(getattr(signal, name), self.handle)
+
+
+STOP = StopRequest()
 
 
 @dataclass
@@ -88,13 +113,18 @@ def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: 
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(run_dir / "train.log", "a", encoding="utf-8") as log:
-        proc = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        STOP.child = proc
+        try:
+            proc.wait()
+        finally:
+            STOP.child = None
     segment = {"from_update": start_update, "to_update": updates_done(run_dir),
                "seconds": round(time.perf_counter() - started, 1), "exit_code": proc.returncode}
     state["settings"] = run.settings
     state["segments"].append(segment)
     write_json_atomic(run_dir / STATE, state)
-    if proc.returncode != 0 and not _gave_up_diverged(run_dir):
+    if proc.returncode not in (0, EXIT_STOPPED) and not _gave_up_diverged(run_dir):
         tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"training {run.name} failed (exit {proc.returncode}); the end of its train.log:\n{tail}")
     return segment
