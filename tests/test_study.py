@@ -7,6 +7,7 @@ and a third invocation finds nothing left to do.
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,14 @@ RESULT_FIELDS = {
     "train_minutes", "diverged", "stalled", "rollbacks", "bleu", "chrf", "bleu_signature", "chrf_signature",
     "test_lines", "beam", "averaged_updates", "translate_seconds", "segments", "wall_minutes", "score_minutes",
     "cpu_model", "cpu_count", "omp_num_threads", "python", "torch", "commit", "finished_utc"}
+
+
+def slow_env(seconds: str) -> dict:
+    """The launcher's environment with every training update slowed by ``seconds`` (no number changes)."""
+    env = launcher_env()
+    env.update(ADMIN_DS_TEST_UPDATE_SLEEP=seconds,
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "scripts" / "slow_updates"), env["PYTHONPATH"]]))
+    return env
 
 
 def study(folder: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -140,7 +149,7 @@ def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
 def test_a_budget_too_short_to_train_stops_cleanly(tmp_path):
     if not (TATOEBA / "train.de").is_file():
         pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
-    proc = study(tmp_path, "--budget-minutes", "1")
+    proc = study(tmp_path, "--budget-minutes", "0.3")  # less than scoring (0.2) + the stop margin + 0.05
     assert "stopped before the budget ends" in proc.stdout and "training" not in proc.stdout, proc.stdout
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
 
@@ -177,15 +186,12 @@ def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tm
     """SIGTERM to the study mid-training: the trainer saves and exits 75, so does the study; the run then
     resumes from that checkpoint. Every update sleeps 0.5 s (tests/scripts/slow_updates) so that the signal
     lands while the run trains."""
-    import os
     import signal
     import time
 
     if not (TATOEBA / "train.de").is_file():
         pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
-    env = launcher_env()
-    env.update(ADMIN_DS_TEST_UPDATE_SLEEP="0.5",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "scripts" / "slow_updates"), env["PYTHONPATH"]]))
+    env = slow_env("0.5")
     command = [sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only", "tiny-admin"]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "runs" / "tiny-admin" / "metrics.jsonl"
@@ -203,4 +209,25 @@ def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tm
     study(tmp_path, "--only", "tiny-admin")
     state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
     assert state["segments"][-1]["from_update"] == stopped_at and state["segments"][-1]["exit_code"] == 0
+    assert json.loads((tmp_path / "results" / "tiny-admin.json").read_text())["updates_done"] == 12
+
+
+@pytest.mark.slow
+def test_a_budget_stops_training_checkpointed_and_the_next_invocation_resumes(tmp_path):
+    """With updates slowed to 4 s, a 0.75-minute budget ends mid-training (or, on a crowded machine, before
+    the first update): the study exits 0 without a result, and the next invocation finishes the run."""
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    env = slow_env("4")
+    command = [sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only", "tiny-admin",
+               "--budget-minutes", "0.75"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "stopped before the budget ends" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    stopped = state["segments"][-1]
+    assert stopped["exit_code"] in (75, -15) and stopped["to_update"] < QUICK_RUNS["tiny-admin"], state
+    assert not (tmp_path / "results" / "tiny-admin.json").exists()
+    study(tmp_path, "--only", "tiny-admin")
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    assert state["segments"][-1]["from_update"] == stopped["to_update"] and state["segments"][-1]["exit_code"] == 0
     assert json.loads((tmp_path / "results" / "tiny-admin.json").read_text())["updates_done"] == 12

@@ -17,6 +17,7 @@ study exit with status 75. The next invocation carries on.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -42,8 +43,9 @@ from bench.study.runner import (
 )
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba-de-en"
-# Training stops at a log step after --max-minutes, then validates and saves: this much is kept back.
-STOP_MARGIN_MINUTES = 3.0
+# A budget stops training with SIGTERM; the trainer finishes its update (seconds) and saves. The plan may
+# set both (the smoke plan's runs are seconds long).
+STOP_MARGIN_MINUTES = 1.0
 MIN_TRAIN_MINUTES = 2.0
 
 
@@ -110,14 +112,16 @@ def train_to(study: Study, run: Run, until: int, reserve: float) -> str:
         until = min(until, study.stop_at)
     if updates_done(run_dir) < until:
         left = study.budget.left()
-        max_minutes = None if left is None else left - reserve - STOP_MARGIN_MINUTES
-        if max_minutes is not None and max_minutes < MIN_TRAIN_MINUTES:
+        margin = study.plan.data.get("stop_margin_minutes", STOP_MARGIN_MINUTES)
+        max_minutes = None if left is None else left - reserve - margin
+        if max_minutes is not None and max_minutes < study.plan.data.get("min_train_minutes", MIN_TRAIN_MINUTES):
             return "paused"
         print(f"{run.name}: training updates {updates_done(run_dir)} -> {until}", flush=True)
         segment = train_segment(run, study.data, run_dir, until, max_minutes)
-        if segment["exit_code"] == EXIT_STOPPED or STOP.signal is not None:
+        if STOP.signal is not None:
             return "stopped"
-        if segment["exit_code"] != 0:
+        # EXIT_STOPPED or -SIGTERM: the budget's stop (the run is "paused" below unless it got there anyway)
+        if segment["exit_code"] not in (0, EXIT_STOPPED, -signal.SIGTERM):
             return "diverged"
     return "reached" if updates_done(run_dir) >= target else "paused"
 

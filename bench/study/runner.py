@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,12 @@ class StopRequest:
 
     def handle(self, signum, _frame) -> None:
         self.signal = signum
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM)
+        self.stop_child()
+
+    def stop_child(self) -> None:
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
 
     def catch(self) -> None:
         for name in ("SIGTERM", "SIGUSR1", "SIGHUP"):
@@ -96,7 +101,9 @@ def read_state(run_dir: Path) -> dict:
 
 
 def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: Optional[float]) -> dict:
-    """Train ``run`` up to update ``until`` (or until ``max_minutes``), from its checkpoint if it has one;
+    """Train ``run`` up to update ``until``, from its checkpoint if it has one, and for at most ``max_minutes``:
+    then it gets SIGTERM, finishes its update, saves and exits with EXIT_STOPPED (the trainer's own
+    --max-minutes would look at its clock only every --log-interval updates, minutes apart at depth);
     records the segment in study_state.json. Returns the segment."""
     start_update = updates_done(run_dir)
     state = read_state(run_dir)
@@ -108,23 +115,28 @@ def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: 
     config = PRECISIONS[run.settings["precision"]]
     if config:
         argv += ["--deepspeed_config", str(REPO / config)]
-    if max_minutes is not None:
-        argv += ["--max-minutes", f"{max_minutes:.3f}"]
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(run_dir / "train.log", "a", encoding="utf-8") as log:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         STOP.child = proc
+        timer = None
+        if max_minutes is not None:
+            timer = threading.Timer(60.0 * max_minutes, STOP.stop_child)
+            timer.start()
         try:
             proc.wait()
         finally:
             STOP.child = None
+            if timer is not None:
+                timer.cancel()
     segment = {"from_update": start_update, "to_update": updates_done(run_dir),
                "seconds": round(time.perf_counter() - started, 1), "exit_code": proc.returncode}
     state["settings"] = run.settings
     state["segments"].append(segment)
     write_json_atomic(run_dir / STATE, state)
-    if proc.returncode not in (0, EXIT_STOPPED) and not _gave_up_diverged(run_dir):
+    # -SIGTERM: the signal came before the trainer could catch it (still importing): nothing to save yet
+    if proc.returncode not in (0, EXIT_STOPPED, -signal.SIGTERM) and not _gave_up_diverged(run_dir):
         tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"training {run.name} failed (exit {proc.returncode}); the end of its train.log:\n{tail}")
     return segment
