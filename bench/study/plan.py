@@ -3,7 +3,8 @@
 Each run's settings are the plan's ``recipe``, then its group's settings, then its own (later wins); a run
 with ``"seeds": [1, 2]`` stands for one run per seed, named ``NAME-s1``, ``NAME-s2``. A shape names the
 model (layers, width, heads, FFN) and two figures for ``--list``'s estimate: updates per minute and minutes
-of scoring.
+of scoring. ``data`` says what is prepared (vocabulary size, and for a smoke plan how many lines) and may
+set the budget's ``stop_margin_minutes`` and ``min_train_minutes`` (bench/study/__main__.py has the defaults).
 """
 
 from __future__ import annotations
