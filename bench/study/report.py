@@ -1,0 +1,137 @@
+"""The study's summary from its result files: a markdown table per group (summary.md, for docs/results.md),
+one figure of the dev-loss curves (curves.png), a panel per shape, and one of the plateau probes
+(plateau.png), a panel per setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from admin_ds.io import write_text_atomic
+from bench.study.plan import Plan
+
+
+def read_results(folder: Path, plan: Plan) -> list[dict]:
+    """The plan's finished runs, in plan order."""
+    found = []
+    for run in plan.runs:
+        path = folder / f"{run.name}.json"
+        if path.is_file():
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+    return found
+
+
+def _number(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def outcome_word(result: dict) -> str:
+    if result["status"] != "finished":
+        return result["status"].replace("_", " ")
+    return "diverged" if result["diverged"] else "stalled" if result["stalled"] else "trained"
+
+
+def study_table(results: list[dict]) -> str:
+    lines = ["| run | scheme | ω init | seed | updates | best dev loss (update, min) | dev-loss fall, last fifth "
+             "| BLEU | chrF | outcome | wall min |", "|" + "---|" * 11]
+    for r in results:
+        s = r["settings"]
+        omega = s.get("omega_init", "") if s["residual"] == "admin" else ""
+        best = (f"{_number(r['best_dev_loss'])} ({r['best_dev_update']}, {_number(r['best_dev_minute'], 0)})"
+                if r["best_dev_loss"] is not None else "-")
+        lines.append(f"| {r['name']} | {s['residual']} | {omega} | {s['seed']} | {r['updates_done']} | {best} "
+                     f"| {_number(r['last_fifth']['fall'])} | {_number(r['bleu'])} | {_number(r['chrf'])} "
+                     f"| {outcome_word(r)} | {_number(r['wall_minutes'], 0)} |")
+    return "\n".join(lines)
+
+
+def plateau_table(results: list[dict]) -> str:
+    lines = ["| run | scheme | ω init | lr | warm-up | tokens | seed | longest flat stretch (updates, at loss) "
+             "| last dev loss |", "|" + "---|" * 9]
+    for r in results:
+        s, flat = r["settings"], r["longest_flat"]
+        omega = s.get("omega_init", "") if s["residual"] == "admin" else ""
+        lines.append(f"| {r['name']} | {s['residual']} | {omega} | {s['lr']:g} | {s['warmup_updates']} "
+                     f"| {s['max_tokens']} | {s['seed']} | {flat['updates']} ({flat['from_update']}-"
+                     f"{flat['to_update']}, {_number(flat['dev_loss'])}) | {_number(r['last_dev_loss'])} |")
+    return "\n".join(lines)
+
+
+def markdown(results: list[dict]) -> str:
+    machines = sorted({f"{r['cpu_model']} ({r['cpu_count']} cores, OMP_NUM_THREADS={r['omp_num_threads']})"
+                       for r in results})
+    parts = ["# The study's results (written by `python -m bench.study --summary`)", "",
+             "Machines: " + "; ".join(machines) if machines else "No finished runs yet.", ""]
+    study = [r for r in results if r["group"] == "study"]
+    probes = [r for r in results if r["group"] != "study"]
+    if study:
+        signatures = sorted({r["bleu_signature"] for r in study if r["bleu_signature"]})
+        parts += ["## Trained models", "", study_table(study), "",
+                  "BLEU signature: " + "; ".join(f"`{s}`" for s in signatures), ""]
+    if probes:
+        parts += ["## Plateau probes", "", plateau_table(probes), ""]
+    return "\n".join(parts)
+
+
+def plot_curves(results: list[dict], out: Path) -> Path | None:
+    """Dev loss over updates, a panel per shape of the study group, a line per run."""
+    study = [r for r in results if r["group"] == "study" and r["dev_loss"]]
+    if not study:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in study))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        for r in (r for r in study if r["shape"] == shape):
+            ax.plot(*zip(*r["dev_loss"]), "o-", markersize=2.5, label=r["name"])
+        s = next(r for r in study if r["shape"] == shape)["settings"]
+        ax.set(title=f"{shape}: {s['encoder_layers']}-{s['decoder_layers']}, d={s['d_model']}", xlabel="update",
+               ylabel="dev loss (label-smoothed, per token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_plateau(results: list[dict], out: Path) -> Path | None:
+    """The probes' dev loss over updates, a panel per setting (the run name without its seed), a line per
+    seed: how often a plateau shows, and which setting removes it."""
+    probes = [r for r in results if r["group"] == "plateau" and r["dev_loss"]]
+    if not probes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(r["name"].rsplit("-s", 1)[0] for r in probes))
+    columns = min(3, len(variants))
+    rows = -(-len(variants) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), sharey=True, squeeze=False)
+    for ax, variant in zip(axes.flat, variants):
+        for r in (r for r in probes if r["name"].rsplit("-s", 1)[0] == variant):
+            ax.plot(*zip(*r["dev_loss"]), "o-", markersize=2, label=f"seed {r['settings']['seed']}")
+        ax.set(title=variant, xlabel="update")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(variants):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("dev loss")
+    path = out / "plateau.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_summary(folder: Path, plan: Plan) -> list[Path]:
+    results = read_results(folder, plan)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [write_text_atomic(folder / "summary.md", markdown(results))]
+    figures = [plot_curves(results, folder), plot_plateau(results, folder)]
+    return written + [figure for figure in figures if figure]

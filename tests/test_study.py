@@ -1,0 +1,233 @@
+"""`python -m bench.study --quick`: the study harness on its smoke plan (tiny data, model and runs).
+
+One module-scoped study folder goes through what the real study does across invocations: every run is
+stopped at update 4 (checkpointed), the next invocation resumes each from that checkpoint and finishes it,
+and a third invocation finds nothing left to do.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch_util import REPO, launcher_env
+
+TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-en"
+QUICK_RUNS = {"tiny-admin": 12, "plateau-admin-logn-s1": 8}
+RESULT_FIELDS = {
+    "name", "group", "shape", "status", "settings", "give_up", "updates_done", "dev_loss", "train_loss",
+    "best_dev_loss", "best_dev_update", "best_dev_minute", "last_dev_loss", "last_fifth", "longest_flat",
+    "train_minutes", "diverged", "stalled", "rollbacks", "bleu", "chrf", "bleu_signature", "chrf_signature",
+    "test_lines", "beam", "averaged_updates", "translate_seconds", "segments", "wall_minutes", "score_minutes",
+    "cpu_model", "cpu_count", "omp_num_threads", "python", "torch", "commit", "finished_utc"}
+
+
+def slow_env(seconds: str) -> dict:
+    """The launcher's environment with every training update slowed by ``seconds`` (no number changes)."""
+    env = launcher_env()
+    env.update(ADMIN_DS_TEST_UPDATE_SLEEP=seconds,
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "scripts" / "slow_updates"), env["PYTHONPATH"]]))
+    return env
+
+
+def study(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(folder), *extra],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stopped_then_finished(tmp_path_factory):
+    """(folder, metrics rows at the stop, the finishing invocation's output)."""
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    folder = tmp_path_factory.mktemp("study")
+    study(folder, "--stop-at-update", "4")
+    at_stop = {name: (folder / "runs" / name / "metrics.jsonl").read_text() for name in QUICK_RUNS}
+    finishing = study(folder)
+    return folder, at_stop, finishing.stdout
+
+
+@pytest.mark.slow
+def test_stopped_runs_resume_from_their_checkpoint(stopped_then_finished):
+    folder, at_stop, _ = stopped_then_finished
+    for name, updates in QUICK_RUNS.items():
+        state = json.loads((folder / "runs" / name / "study_state.json").read_text())
+        spans = [(s["from_update"], s["to_update"]) for s in state["segments"]]
+        assert spans == [(0, 4), (4, updates)], (name, spans)
+        rows_after = (folder / "runs" / name / "metrics.jsonl").read_text()
+        # The first segment's rows are kept as they were: the second went on from them, not from scratch.
+        assert rows_after.startswith(at_stop[name]) and len(rows_after) > len(at_stop[name]), name
+
+
+@pytest.mark.slow
+def test_results_have_every_field_and_no_paths(stopped_then_finished):
+    folder, _, _ = stopped_then_finished
+    for name, updates in QUICK_RUNS.items():
+        text = (folder / "results" / f"{name}.json").read_text()
+        result = json.loads(text)
+        assert set(result) == RESULT_FIELDS, set(result) ^ RESULT_FIELDS
+        assert result["status"] == "finished" and result["updates_done"] == updates
+        assert [step for step, _ in result["dev_loss"]][-1] == updates
+        assert all(math.isfinite(loss) for _, loss in result["dev_loss"])
+        assert result["best_dev_loss"] == min(loss for _, loss in result["dev_loss"])
+        assert result["last_fifth"]["to_update"] == updates and result["wall_minutes"] > 0
+        assert result["cpu_model"] and isinstance(result["diverged"], bool)
+        assert '"/' not in text and str(folder) not in text, f"{name}: an absolute path in the result"
+        kept = sorted(p.name for p in (folder / "runs" / name).glob("global_step*"))
+        assert kept == [f"global_step{updates}"], (name, kept)  # older checkpoints pruned once finished
+    scored = json.loads((folder / "results" / "tiny-admin.json").read_text())
+    assert scored["test_lines"] == 12 and "tok:13a" in scored["bleu_signature"] and scored["chrf"] >= 0
+    assert scored["averaged_updates"] == [8, 12] and scored["beam"] == 2
+    probe = json.loads((folder / "results" / "plateau-admin-logn-s1.json").read_text())
+    assert probe["bleu"] is None and probe["settings"]["omega_init"] == "logn" and probe["settings"]["lr"] == 2e-3
+
+
+@pytest.mark.slow
+def test_a_finished_study_skips_its_runs_and_summarises(stopped_then_finished):
+    folder, _, _ = stopped_then_finished
+    before = {p.name: p.read_text() for p in (folder / "results").glob("*.json")}
+    again = study(folder)
+    assert all(f"{name}: skipped" in again.stdout for name in QUICK_RUNS), again.stdout
+    assert "training" not in again.stdout
+    assert {p.name: p.read_text() for p in (folder / "results").glob("*.json")} == before
+    listing = study(folder, "--list").stdout
+    assert all(line.split()[-1] == "done" for line in listing.splitlines()[1:1 + len(QUICK_RUNS)]), listing
+    study(folder, "--summary")
+    summary = (folder / "results" / "summary.md").read_text()
+    assert "| tiny-admin | admin | profile | 1 | 12 |" in summary and "plateau-admin-logn-s1" in summary
+    for png in ("curves.png", "plateau.png"):
+        assert (folder / "results" / png).read_bytes().startswith(b"\x89PNG"), png
+
+
+def test_a_bad_run_name_is_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only",
+                           "no-such-run", "--list"], cwd=REPO, env=launcher_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no run named 'no-such-run'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_full_plan_is_what_the_study_asks_for():
+    from bench.study.plan import FULL_PLAN, load_plan
+
+    plan = load_plan(FULL_PLAN)
+    study_runs = [run for run in plan.runs if run.group == "study"]
+    for shape in ("shallow", "deep"):
+        runs = [run for run in study_runs if run.shape == shape]
+        assert len({run.updates for run in runs}) == 1 and runs[0].updates >= 2600, shape
+    shallow = {run.settings["residual"] for run in study_runs if run.shape == "shallow"}
+    assert shallow == {"admin", "pre-ln", "post-ln"}
+    deep = sorted((r.settings["residual"], r.settings["omega_init"], r.settings["seed"])
+                  for r in study_runs if r.shape == "deep")
+    assert deep == [("admin", "logn", 1), ("admin", "profile", 1), ("admin", "profile", 2),
+                    ("post-ln", "profile", 1), ("pre-ln", "profile", 1), ("pre-ln", "profile", 2)]
+    for run in study_runs:
+        s = run.settings
+        assert (s["lr"], s["warmup_updates"], s["label_smoothing"]) == (1e-3, 500, 0.1), run.name
+        assert s["dropout"] == s["attention_dropout"] == s["activation_dropout"] == 0.1, run.name
+        assert s["beam"] == 5 and run.score, run.name
+    assert plan.data["vocab_size"] == 8000 and not plan.data.get("train_lines") and not plan.data.get("test_lines")
+
+
+def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
+    from admin_ds.errors import UserError
+    from bench.study.plan import QUICK_PLAN, load_plan
+    from bench.study.runner import STATE, train_segment
+
+    run = load_plan(QUICK_PLAN).run("tiny-admin")
+    (tmp_path / STATE).write_text(json.dumps({"segments": [], "settings": {**run.settings, "lr": 5e-4}}))
+    with pytest.raises(UserError, match="started with other settings"):
+        train_segment(run, tmp_path / "data", tmp_path, run.updates, None)
+
+
+@pytest.mark.slow
+def test_a_budget_too_short_to_train_stops_cleanly(tmp_path):
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    proc = study(tmp_path, "--budget-minutes", "0.3")  # less than scoring (0.2) + the stop margin + 0.05
+    assert "stopped before the budget ends" in proc.stdout and "training" not in proc.stdout, proc.stdout
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "results").glob("*.json"))
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "study.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path)], cwd=REPO,
+                              env=launcher_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "another bench.study is running" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_curve_fields_on_a_made_up_run():
+    from bench.study.curves import last_fifth_fall, longest_flat, outcome, training_minutes
+
+    # dev loss falls, sits near 5.6 from update 100 to 250, then falls again: a 150-update plateau
+    curve = [[50, 6.2], [100, 5.65], [150, 5.62], [200, 5.66], [250, 5.60], [300, 5.0]]
+    assert longest_flat(curve) == {"updates": 150, "from_update": 100, "to_update": 250, "dev_loss": 5.65}
+    assert last_fifth_fall(curve, 300) == {"from_update": 200, "to_update": 300, "fall": 0.66,
+                                           "relative_fall": round(0.66 / 5.66, 4)}
+    # a second process (a resumed run) restarts elapsed_s: its minutes add to the first one's
+    rows = [{"step": 10, "loss": 9.0, "elapsed_s": 60}, {"step": 20, "loss": 8.0, "elapsed_s": 120},
+            {"step": 30, "loss": 7.0, "elapsed_s": 30}]
+    assert training_minutes(rows) == [(10, 1.0), (20, 2.0), (30, 2.5)]
+    assert outcome(rows, [[10, 6.4], [20, 6.3], [30, 6.2]]) == {"diverged": False, "stalled": True, "rollbacks": 0}
+    assert outcome(rows, curve)["stalled"] is False
+    assert outcome(rows + [{"step": 40, "loss": float("nan"), "elapsed_s": 40}], curve)["diverged"] is True
+
+
+@pytest.mark.slow
+def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tmp_path):
+    """SIGTERM to the study mid-training: the trainer saves and exits 75, so does the study; the run then
+    resumes from that checkpoint. Every update sleeps 0.5 s (tests/scripts/slow_updates) so that the signal
+    lands while the run trains."""
+    import signal
+    import time
+
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    env = slow_env("0.5")
+    command = [sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only", "tiny-admin"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny-admin" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "training never logged a row"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-2000:] + err[-2000:]
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    stopped_at = state["segments"][-1]["to_update"]
+    assert state["segments"][-1]["exit_code"] == 75 and 0 < stopped_at < QUICK_RUNS["tiny-admin"], state
+    assert not (tmp_path / "results" / "tiny-admin.json").exists()
+    study(tmp_path, "--only", "tiny-admin")
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    assert state["segments"][-1]["from_update"] == stopped_at and state["segments"][-1]["exit_code"] == 0
+    assert json.loads((tmp_path / "results" / "tiny-admin.json").read_text())["updates_done"] == 12
+
+
+@pytest.mark.slow
+def test_a_budget_stops_training_checkpointed_and_the_next_invocation_resumes(tmp_path):
+    """With updates slowed to 4 s, a 0.75-minute budget ends mid-training (or, on a crowded machine, before
+    the first update): the study exits 0 without a result, and the next invocation finishes the run."""
+    if not (TATOEBA / "train.de").is_file():
+        pytest.skip(f"needs Tatoeba de-en at {TATOEBA} (the shared data folder beside the checkout)")
+    env = slow_env("4")
+    command = [sys.executable, "-m", "bench.study", "--quick", "--study", str(tmp_path), "--only", "tiny-admin",
+               "--budget-minutes", "0.75"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "stopped before the budget ends" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    stopped = state["segments"][-1]
+    assert stopped["exit_code"] in (75, -15) and stopped["to_update"] < QUICK_RUNS["tiny-admin"], state
+    assert not (tmp_path / "results" / "tiny-admin.json").exists()
+    study(tmp_path, "--only", "tiny-admin")
+    state = json.loads((tmp_path / "runs" / "tiny-admin" / "study_state.json").read_text())
+    assert state["segments"][-1]["from_update"] == stopped["to_update"] and state["segments"][-1]["exit_code"] == 0
+    assert json.loads((tmp_path / "results" / "tiny-admin.json").read_text())["updates_done"] == 12
