@@ -14,13 +14,13 @@ import sys
 import pytest
 import sentencepiece as spm
 import torch
+from agreement import assert_decoders_agree, model_score
 
 import admin_ds
 from admin_ds import cli
 from admin_ds.checkpoints.exports import write_export
 from admin_ds.data import Tokenizer
 from admin_ds.inference.beam import generate, make_batch
-from agreement import assert_decoders_agree, model_score
 
 transformers = pytest.importorskip("transformers", reason="the transformers package is not installed "
                                                           "(pip install 'admin-ds[hf]'; it is in the test extra)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from admin_ds.checkpoints.rundir import METRICS, read_run_config
 from admin_ds.io import read_json_or_empty
 
@@ -72,9 +73,12 @@ def model_card(settings: dict, residual: str, langs: tuple[str, str], facts: dic
              f"An encoder-decoder Transformer translating {src} into {tgt}, trained with admin-ds using "
              f"{SCHEMES.get(residual, residual)}. It loads as `FSMTForConditionalGeneration` with a "
              "`MarianTokenizer` (sentencepiece); no admin-ds code is needed.", "",
-             "```python", "from transformers import pipeline", "",
-             'translate = pipeline("translation", model="PATH/TO/THIS/FOLDER")',
-             'print(translate("...")[0]["translation_text"])', "```", "",
+             "```python", "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "",
+             'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
+             'model = AutoModelForSeq2SeqLM.from_pretrained("PATH/TO/THIS/FOLDER")',
+             'out = model.generate(**tokenizer(["..."], return_tensors="pt", padding=True))',
+             "print(tokenizer.batch_decode(out, skip_special_tokens=True))", "```", "",
+             '(transformers 4.x also has `pipeline("translation", model=...)`; 5.x removed that task.)', "",
              "## Architecture", "",
              f"- {settings['num_encoder_layers']} encoder and {settings['num_decoder_layers']} decoder layers, "
              f"d_model {settings['d_model']}, {settings['nhead']} heads, FFN {settings['dim_feedforward']}, "

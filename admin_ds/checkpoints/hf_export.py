@@ -110,7 +110,8 @@ def _attention(prefix: str, tensors: dict, plain: str, d: int) -> list[tuple[str
     weight, bias = tensors[f"{plain}.in_proj_weight"], tensors[f"{plain}.in_proj_bias"]
     out = []
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        out += [(f"{prefix}.{name}.weight", weight[i * d:(i + 1) * d]), (f"{prefix}.{name}.bias", bias[i * d:(i + 1) * d])]
+        rows = slice(i * d, (i + 1) * d)
+        out += [(f"{prefix}.{name}.weight", weight[rows]), (f"{prefix}.{name}.bias", bias[rows])]
     return out + [(f"{prefix}.out_proj.weight", tensors[f"{plain}.out_proj.weight"]),
                   (f"{prefix}.out_proj.bias", tensors[f"{plain}.out_proj.bias"])]
 

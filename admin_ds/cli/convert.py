@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = convert(args.checkpoint, args.out, tag=args.tag, plain=args.plain, force=args.force, config=args.config,
                   format=args.format, quantization=args.quantization)
-    kind = {"plain": "plain export", "ctranslate2": "CTranslate2 model", "hf": "transformers model"}.get(args.format or "", "fp32 export")
+    kinds = {"plain": "plain export", "ctranslate2": "CTranslate2 model", "hf": "transformers model"}
+    kind = kinds.get(args.format or "", "fp32 export")
     print(f"wrote {'plain export' if args.plain else kind} {out}")
     return 0
