@@ -134,6 +134,37 @@ def test_folded_models_are_exact_and_survive_a_round_trip(spm_model, tmp_path, r
     assert torch.equal(hf_logits(again, src, tgt_in), theirs), "a round trip in transformers must change nothing"
 
 
+def test_separate_vocabularies(spm_model, tmp_path):
+    """Source and target sentencepiece models of their own: vocab.json and target_vocab.json, the target
+    model decodes, and the target's missing ids are suppressed."""
+    words = "le la chat chien voit court grand petit rouge bleu maison arbre mange dort et avec".split()
+    rng = random.Random(1)
+    (tmp_path / "tgt.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
+                                                for _ in range(300)) + "\n")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "tgt.txt"), model_prefix=str(tmp_path / "tgt"),
+                                   vocab_size=50, model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                   hard_vocab_limit=False, minloglevel=2)
+    torch.manual_seed(0)
+    model = admin_ds.build_model("admin-tiny", dropout=0.0, share_all_embeddings=False).eval()
+    write_export(model, tmp_path / "ckpt", extra={"spm_model": {"src": "spm.src.model", "tgt": "spm.tgt.model"}})
+    shutil.copy(spm_model, tmp_path / "ckpt" / "spm.src.model")
+    shutil.copy(tmp_path / "tgt.model", tmp_path / "ckpt" / "spm.tgt.model")
+    assert cli.main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert (tmp_path / "hf" / "target_vocab.json").is_file()
+    src_tok, tgt_tok = Tokenizer(spm_model), Tokenizer(tmp_path / "tgt.model")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok("the big cat").input_ids == src_tok.encode("the big cat") + [3]
+    ids = tgt_tok.encode("le grand chat dort")
+    assert hf_tok.decode(ids + [3], skip_special_tokens=True) == tgt_tok.decode(ids) == "le grand chat dort"
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == [0, 2] + list(range(50, 64))
+    src = make_batch([src_tok.encode("the big cat") + [3]], 0)
+    tgt_in = torch.tensor([[2] + ids])
+    with torch.no_grad():
+        ours = model(src, tgt_in)
+    assert max_diff_on_tokens(ours, hf_logits(load_hf(tmp_path / "hf"), src, tgt_in), tgt_in) < 1e-4
+
+
 @pytest.mark.parametrize("lenpen", [1.0, 0.6])
 def test_generate_beam5_agrees_with_our_beam_search(trained, lenpen):
     """Per line, ``max_length`` = decoder start + our cap int(1.2 * src_len + 10) + the forced EOS, as

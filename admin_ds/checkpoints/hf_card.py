@@ -91,9 +91,11 @@ def model_card(settings: dict, residual: str, langs: tuple[str, str], facts: dic
              "(sentencepiece; ids beyond the sentencepiece model are never generated)", "",
              "## Training", "",
              f"- data: {_fmt(facts.get('data'))} ({_fmt(facts.get('train_pairs'))} training pairs)",
-             f"- updates: {_fmt(metrics.get('step', train.get('max_steps')))}, peak learning rate "
-             f"{_fmt(train.get('lr'))}, {_fmt(train.get('max_tokens'))} tokens per batch per GPU, "
-             f"{_fmt(facts.get('world_size'))} GPU(s), seed {_fmt(facts.get('seed'))}",
+             f"- updates: {_fmt(metrics.get('step', train.get('max_steps')))}, optimizer "
+             f"{_fmt(train.get('optimizer'))}, peak learning rate {_fmt(train.get('lr'))} after "
+             f"{_fmt(train.get('warmup_updates'))} warmup updates, label smoothing "
+             f"{_fmt(train.get('label_smoothing'))}, {_fmt(facts.get('world_size'))} rank(s), seed "
+             f"{_fmt(facts.get('seed'))}",
              f"- last training loss: {_fmt(metrics.get('loss'))}",
              "- trained with admin-ds (DeepSpeed), Admin initialisation of the residual branches", "",
              "## Evaluation", "",
@@ -102,7 +104,8 @@ def model_card(settings: dict, residual: str, langs: tuple[str, str], facts: dic
              "generation_config.json reproduces admin-ds's beam search: beam 5, length penalty 1 (score = sum of "
              "log-probabilities / length ** penalty, EOS counted), a sentence ends once 5 hypotheses ended, EOS "
              "forced at the length cap. admin-ds caps each sentence at int(1.2 * source length + 10) tokens; "
-             "transformers caps a call at `max_length` (pass `max_new_tokens` to match).", ""]
+             "transformers caps a call at `max_length`, which counts the decoder start token (pass max_length = "
+             "int(1.2 * source length + 10) + 2 per sentence to match).", ""]
     return "\n".join(lines)
 
 
