@@ -61,7 +61,11 @@ def trained(synthetic_data, tmp_path_factory):
                      "--max-tokens", "600", "--max-steps", "300", "--lr", "3e-3", "--warmup-updates", "10",
                      "--log-interval", "20", "--save-interval", "300", "--validate-interval", "0",
                      "--no-tensorboard"]) == 0
-    assert cli.main(["convert", str(root / "run"), str(root / "hf"), "--format", "hf"]) == 0
+    text = synthetic_data.parent / "text"
+    assert cli.main(["evaluate", "--checkpoint", str(root / "run"), "--src", str(text / "test.src"), "--ref",
+                     str(text / "test.tgt"), "--device", "cpu", "--output", str(root / "eval.json")]) == 0
+    assert cli.main(["convert", str(root / "run"), str(root / "hf"), "--format", "hf", "--evaluation",
+                     str(root / "eval.json")]) == 0
     model = admin_ds.load_model(root / "run")
     tokenizer = Tokenizer(root / "hf" / "source.spm")
     test = (synthetic_data.parent / "text" / "test.src").read_text(encoding="utf-8").splitlines()[:LINES]
@@ -224,8 +228,9 @@ def test_model_card_and_files(trained):
     assert {"config.json", "generation_config.json", "model.safetensors", "source.spm", "target.spm", "vocab.json",
             "tokenizer_config.json", "README.md", "admin_ds_hf.json"} <= names
     card = (root / "hf" / "README.md").read_text(encoding="utf-8")
+    bleu = json.loads((root / "eval.json").read_text())["bleu"]
     for words in ("language: [src, tgt]", "pipeline_tag: translation", "Admin", "2 encoder and 2 decoder layers",
-                  "updates: 300", "BLEU", "admin-ds"):
+                  "updates: 300", f"BLEU {bleu:.2f}", "on 60 sentences", "sacrebleu signature", "admin-ds"):
         assert words in card, words
     info = json.loads((root / "hf" / "admin_ds_hf.json").read_text())
     assert info["source_residual"] == "admin" and info["class"] == "FSMTForConditionalGeneration"
@@ -240,11 +245,14 @@ def test_refusals_are_one_line_and_leave_nothing(spm_model, tmp_path, capsys, mo
     (no_spm / "spm.model").unlink()
     (tmp_path / "existing").mkdir()
     cases = [(pre_ln, "out", [], "Pre-LN"), (eps, "out", [], "layer_norm_eps"), (no_spm, "out", [], "sentencepiece"),
-             (admin, "existing", [], "exists"), (admin, "out", ["--quantization", "int8"], "--format ctranslate2")]
+             (admin, "existing", [], "exists"), (admin, "out", ["--quantization", "int8"], "--format ctranslate2"),
+             (admin, "out", ["--evaluation", spm_model], "not valid JSON")]
     for ckpt, out, flags, words in cases:
         code, _, err = run_cli(capsys, "convert", ckpt, tmp_path / out, "--format", "hf", *flags)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert words in err, err
+    code, _, err = run_cli(capsys, "convert", admin, tmp_path / "out", "--evaluation", tmp_path / "eval.json")
+    assert code == 2 and "--evaluation only applies to --format hf" in err, err
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     code, _, err = run_cli(capsys, "convert", admin, tmp_path / "out", "--format", "hf")
     assert code == 2 and "pip install 'admin-ds[hf]'" in err and len(err.strip().splitlines()) == 1, err

@@ -19,7 +19,7 @@ from typing import Optional
 
 from admin_ds.checkpoints.ctranslate2_export import check_quantization, import_ctranslate2, write_ctranslate2
 from admin_ds.checkpoints.exports import write_export, write_model_dir
-from admin_ds.checkpoints.hf_card import run_facts
+from admin_ds.checkpoints.hf_card import evaluation_facts, run_facts
 from admin_ds.checkpoints.hf_export import import_transformers, write_hf
 from admin_ds.checkpoints.load import load_checkpoint
 from admin_ds.checkpoints.rundir import tokenizer_files
@@ -49,10 +49,11 @@ def tokenizer_for_export(source: Path) -> tuple[dict[str, Path], dict]:
 
 def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, plain: bool = False,
             force: bool = False, config: Optional[str | Path] = None, format: Optional[str] = None,
-            quantization: Optional[str] = None) -> Path:
+            quantization: Optional[str] = None, evaluation: Optional[str | Path] = None) -> Path:
     """Convert ``checkpoint`` into an fp32 export (default), a plain export (``plain`` or
     ``format="plain"``), a CTranslate2 model (``format="ctranslate2"``, optionally quantised) or a
-    transformers model (``format="hf"``) at ``out``."""
+    transformers model (``format="hf"``; ``evaluation``: an ``admin-ds evaluate`` JSON for its model card)
+    at ``out``."""
     format = format or ("plain" if plain else "fp32")
     if format not in FORMATS:
         raise UserError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -60,10 +61,13 @@ def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, 
         raise UserError(f"--plain and --format {format} contradict each other")
     if quantization is not None and format != "ctranslate2":
         raise UserError("--quantization only applies to --format ctranslate2")
+    if evaluation is not None and format != "hf":
+        raise UserError("--evaluation only applies to --format hf (it goes into the model card)")
     check_quantization(quantization)
     check_new_output(out, force)  # before reading gigabytes
     if format in ("ctranslate2", "hf"):
-        return convert_with_tokenizer(checkpoint, out, tag, force, config, format, quantization)
+        extra = evaluation_facts(evaluation) if evaluation is not None else {}
+        return convert_with_tokenizer(checkpoint, out, tag, force, config, format, quantization, extra)
     model, info = load_checkpoint(checkpoint, tag, config)
     source = Path(info["source"])
     return write_converted(model, source if source.is_dir() else source.parent, out, format == "plain", force,
@@ -71,7 +75,8 @@ def convert(checkpoint: str | Path, out: str | Path, tag: Optional[str] = None, 
 
 
 def convert_with_tokenizer(checkpoint: str | Path, out: str | Path, tag: Optional[str], force: bool,
-                           config: Optional[str | Path], format: str, quantization: Optional[str]) -> Path:
+                           config: Optional[str | Path], format: str, quantization: Optional[str],
+                           card: Optional[dict] = None) -> Path:
     """``convert(..., format="ctranslate2" or "hf")``: the package and the tokenizer are checked before the
     model is read, since neither kind of model can be written without its vocabulary."""
     if format == "ctranslate2":
@@ -91,7 +96,7 @@ def convert_with_tokenizer(checkpoint: str | Path, out: str | Path, tag: Optiona
     if format == "ctranslate2":
         return write_ctranslate2(model, out, spm, src, tgt, quantization, force, {"converted_from": info})
     source = Path(info["source"])
-    facts = run_facts(source if source.is_dir() else source.parent)
+    facts = {**run_facts(source if source.is_dir() else source.parent), **(card or {})}
     langs = tuple(lang or side for lang, side in zip(facts.get("langs") or (None, None), ("src", "tgt")))
     return write_hf(model, out, spm, src, tgt, langs, force, facts, {"converted_from": info})
 

@@ -1,7 +1,8 @@
 """The model card (README.md) of a transformers export: what the model is, how it was trained, how to use it.
 
 ``run_facts`` collects what a run directory records (train_config.json, the prepared data's meta.json, the
-last step of metrics.jsonl); ``model_card`` writes them as Markdown with the Hub's YAML header. Missing facts
+last training record of metrics.jsonl), ``evaluation_facts`` what ``admin-ds evaluate --output`` wrote;
+``model_card`` writes them as Markdown with the Hub's YAML header. Missing facts
 are said to be unknown, never guessed.
 """
 
@@ -11,7 +12,8 @@ import json
 from pathlib import Path
 
 from admin_ds.checkpoints.rundir import METRICS, read_run_config
-from admin_ds.io import read_json_or_empty
+from admin_ds.errors import UserError
+from admin_ds.io import read_json_object, read_json_or_empty
 
 SCHEMES = {"admin": "Admin (Liu et al. 2020, adaptive model initialisation: a trained shortcut scale ω per "
                     "sublayer, folded into the weights here)",
@@ -55,6 +57,27 @@ def run_facts(source: Path) -> dict:
     return facts
 
 
+def evaluation_facts(path: str | Path) -> dict:
+    """BLEU, chrF and their signatures from the JSON ``admin-ds evaluate --output FILE`` wrote."""
+    result = read_json_object(path, "--evaluation file")
+    if not isinstance(result.get("bleu"), (int, float)):
+        raise UserError(f"--evaluation file {path} has no BLEU score (write it with admin-ds evaluate --output)")
+    facts = {"bleu": float(result["bleu"]), "bleu_signature": result.get("signature"), "chrf": result.get("chrf"),
+             "eval_sentences": result.get("n_sentences"), "eval_text": result.get("text_from")}
+    return {key: value for key, value in facts.items() if value is not None}
+
+
+def evaluation_lines(facts: dict) -> list[str]:
+    if "bleu" not in facts:
+        return ["- BLEU: not measured (convert with --evaluation FILE from admin-ds evaluate --output FILE)"]
+    lines = [f"- BLEU {facts['bleu']:.2f}" + (f", chrF {facts['chrf']:.2f}" if "chrf" in facts else "") +
+             f" on {_fmt(facts.get('eval_sentences'))} sentences ({_fmt(facts.get('eval_text'))}), "
+             "admin-ds's own beam search (beam and length penalty as evaluated)"]
+    if facts.get("bleu_signature"):
+        lines.append(f"- sacrebleu signature: `{facts['bleu_signature']}`")
+    return lines
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -64,7 +87,6 @@ def _fmt(value) -> str:
 def model_card(settings: dict, residual: str, langs: tuple[str, str], facts: dict) -> str:
     """README.md for a transformers export of a folded model (``settings``: ``plain_config``'s dict)."""
     src, tgt = langs
-    bleu = facts.get("bleu")
     train, metrics = facts.get("train") or {}, facts.get("metrics") or {}
     params = _parameters(settings)
     lines = ["---", f"language: [{src}, {tgt}]", "library_name: transformers", "pipeline_tag: translation",
@@ -98,8 +120,7 @@ def model_card(settings: dict, residual: str, langs: tuple[str, str], facts: dic
              f"{_fmt(facts.get('seed'))}",
              f"- last training loss: {_fmt(metrics.get('loss'))}",
              "- trained with admin-ds (DeepSpeed), Admin initialisation of the residual branches", "",
-             "## Evaluation", "",
-             f"- BLEU: {_fmt(bleu) if bleu is not None else 'not measured at conversion (admin-ds evaluate)'}", "",
+             "## Evaluation", "", *evaluation_lines(facts), "",
              "## Decoding", "",
              "generation_config.json reproduces admin-ds's beam search: beam 5, length penalty 1 (score = sum of "
              "log-probabilities / length ** penalty, EOS counted), a sentence ends once 5 hypotheses ended, EOS "

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CTranslate2 engine) or hf (a folded model 🤗 transformers loads; docs/deploy.md)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="with --format ctranslate2: weight type (default: float32)")
+    parser.add_argument("--evaluation", metavar="FILE", default=None,
+                        help="with --format hf: the JSON of admin-ds evaluate --output, whose BLEU goes into the "
+                             "model card (default: none, the card says BLEU was not measured)")
     parser.add_argument("--config", help="model config (train_config.json or an export's config.json) for a "
                                          "bare state dict file")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     out = convert(args.checkpoint, args.out, tag=args.tag, plain=args.plain, force=args.force, config=args.config,
-                  format=args.format, quantization=args.quantization)
+                  format=args.format, quantization=args.quantization, evaluation=args.evaluation)
     kinds = {"plain": "plain export", "ctranslate2": "CTranslate2 model", "hf": "transformers model"}
     kind = kinds.get(args.format or "", "fp32 export")
     print(f"wrote {'plain export' if args.plain else kind} {out}")
