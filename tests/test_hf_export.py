@@ -191,6 +191,15 @@ def test_generate_beam5_agrees_with_our_beam_search(trained, lenpen):
     differing = assert_decoders_agree(ours, theirs, lambda i, ids: model_score(model, sources[i], ids, lenpen),
                                       what=f"transformers beam 5, lenpen {lenpen}")
     print(f"lenpen {lenpen}: {len(differing)} of {len(test)} lines differ (near-ties)")
+    # One padded batch with one cap for all (transformers' only kind): the encoder's padding mask holds.
+    batch = make_batch(sources, 0)
+    ours = [h[0].tokens for h in generate(model, batch, beam=5, lenpen=lenpen, max_len_a=0, max_len_b=30,
+                                          vocab_limit=tokenizer.vocab_size)]
+    with torch.no_grad():
+        out = hf.generate(batch, attention_mask=batch.ne(0), num_beams=5, length_penalty=lenpen, max_length=32)
+    theirs = [row[1:row.index(3)] for row in out.tolist()]
+    assert_decoders_agree(ours, theirs, lambda i, ids: model_score(model, sources[i], ids, lenpen),
+                          what=f"transformers beam 5 batched, lenpen {lenpen}")
 
 
 def test_tokenizer_generation_config_and_text(trained):
