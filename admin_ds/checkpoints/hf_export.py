@@ -177,9 +177,10 @@ def write_hf(model: TranslationModel, out: str | Path, spm: tuple[dict[str, Path
     specials = {name: tgt_tokenizer.piece(i) for name, i in ids.items()}
     if {name: src_tokenizer.piece(i) for name, i in ids.items()} != specials:
         raise UserError("the source and target sentencepiece models name their special pieces differently")
-    spm_files, _ = spm
-    src_file, tgt_file = (list(spm_files.values()) * 2)[:2]
-    separate = src_file.resolve() != tgt_file.resolve()
+    spm_files, entry = spm
+    src_name, tgt_name = (entry, entry) if isinstance(entry, str) else (entry["src"], entry["tgt"])
+    src_file, tgt_file = spm_files[src_name], spm_files[tgt_name]
+    separate = src_name != tgt_name
     residual = cfg.residual
     settings, tensors = to_plain(model, inplace=True)
     weights = fsmt_tensors(settings, tensors)
