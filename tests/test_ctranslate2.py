@@ -267,7 +267,7 @@ def test_decoding_matches_ours_up_to_where_masking_happens(random_export, monkey
     monkeypatch.setattr(beam_module, "_next_log_probs",
                         lambda *args, **kwargs: torch.log_softmax(original(*args, **kwargs), dim=-1))
     renormalised = ours()
-    banned = [model.cfg.pad_id, model.cfg.bos_id, *range(tokenizer.vocab_size, model.cfg.vocab_size)]
+    banned = [model.cfg.pad_id, model.cfg.bos_id, *range(tokenizer.vocab_size, model.cfg.tgt_vocab_size)]
     differing = assert_decoders_agree([h[0].tokens for h in renormalised], [h[0][0] for h in theirs],
                                       lambda i, ids: model_score(model, sources[i], ids, lenpen, banned),
                                       what=f"beam {beam} lenpen {lenpen}, renormalised ours against CTranslate2")
