@@ -108,3 +108,19 @@ def test_omega_lr_scale_refusals():
         build_optimizer(TranslationModel(preset_config("admin-tiny", residual="pre-ln")), cfg, {})
     with pytest.raises(UserError, match="scheduler section"):
         build_optimizer(TranslationModel(preset_config("admin-tiny")), cfg, {"scheduler": {"type": "WarmupLR"}})
+
+
+def test_a_run_resumes_only_with_the_omega_lr_scale_it_was_saved_with(tmp_path):
+    (tmp_path / "latest").write_text("global_step3")
+    (tmp_path / "train_config.json").write_text('{"model": {}, "train": {"omega_lr_scale": 0.0}}')
+    model = TranslationModel(preset_config("admin-tiny"))
+    with pytest.raises(UserError, match="trained with --omega-lr-scale 0.0, not 1.0"):
+        build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1).validate(), {})
+    parameters, _ = build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1,
+                                                       omega_lr_scale=0.0).validate(), {})
+    assert len(parameters) == 2
+    # A run saved before the flag existed trained ω with everything else: scale 1; --no-resume starts afresh.
+    (tmp_path / "train_config.json").write_text('{"model": {}, "train": {}}')
+    assert len(build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1).validate(), {})[0]) > 2
+    cfg = TrainConfig(save_dir=str(tmp_path), max_steps=1, omega_lr_scale=0.5, resume=False).validate()
+    assert len(build_optimizer(model, cfg, {})[0]) == 2

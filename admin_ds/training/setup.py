@@ -45,6 +45,7 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> 
     everything but ω, then the Admin shortcut scales ω with ``lr_scale`` (read by our schedule).
 
     Returns a list of parameters, or of two param-group dicts."""
+    refuse_changed_omega_lr_scale(cfg)
     params = list(model.parameters())
     if cfg.omega_lr_scale == 1.0:
         return params
@@ -58,6 +59,19 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> 
     omega_ids = {id(p) for p in omegas}
     rest = [p for p in params if id(p) not in omega_ids]
     return [{"params": rest}, {"params": omegas, "lr_scale": cfg.omega_lr_scale}]
+
+
+def refuse_changed_omega_lr_scale(cfg: TrainConfig) -> None:
+    """A resumed run keeps the --omega-lr-scale it was saved with: DeepSpeed restores every group's rate and
+    the schedule's base rates from the checkpoint (a new scale would be silently ignored), and a different
+    number of groups does not load at all (ZeRO fails deep inside with a layout error)."""
+    save_dir, run_config = Path(cfg.save_dir), Path(cfg.save_dir) / TRAIN_CONFIG
+    if not (cfg.resume and latest_tag(save_dir) is not None and run_config.is_file()):
+        return
+    saved = read_json_object(run_config, "run config").get("train", {}).get("omega_lr_scale", 1.0)
+    if saved != cfg.omega_lr_scale:
+        raise UserError(f"{save_dir} was trained with --omega-lr-scale {saved}, not {cfg.omega_lr_scale}: resume "
+                        "with the same scale, or pass --no-resume to start afresh")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
