@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from admin_ds.errors import UserError
+from admin_ds.model import TranslationModel, preset_config
 from admin_ds.training.config import TrainConfig
 from admin_ds.training.engine import read_ds_config
 from admin_ds.training.schedule import inverse_sqrt_factor, inverse_sqrt_schedule
@@ -38,11 +40,11 @@ def test_schedule_drives_a_torch_optimizer():
                                        ("radam", torch.optim.RAdam)])
 def test_optimizer_choice(name, kind):
     cfg = TrainConfig(save_dir="x", max_steps=1, optimizer=name, lr=3e-4, adam_betas=(0.9, 0.98)).validate()
-    optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg, {})
+    _, optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg, {})
     assert isinstance(optimizer, kind)
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["lr"] == 3e-4
     # A config with its own optimizer section wins (FusedAdam on GPUs); --lr still sets its rate.
-    assert build_optimizer(torch.nn.Linear(2, 2), cfg, {"optimizer": {"type": "Adam"}}) is None
+    assert build_optimizer(torch.nn.Linear(2, 2), cfg, {"optimizer": {"type": "Adam"}})[1] is None
 
 
 def test_deepspeed_config_gets_our_settings(tmp_path):
@@ -53,3 +55,72 @@ def test_deepspeed_config_gets_our_settings(tmp_path):
     assert config["optimizer"]["params"]["lr"] == 2e-4
     assert config["gradient_clipping"] == 0.5 and config["gradient_accumulation_steps"] == 4
     assert config["train_micro_batch_size_per_gpu"] == 1
+
+
+def omegas_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for name, p in model.named_parameters() if name.endswith(".omega")]
+
+
+def test_omega_trains_with_everything_else_by_default():
+    # The reference's choice: one group, ω under the same learning rate and weight decay as all weights.
+    model = TranslationModel(preset_config("admin-tiny"))
+    cfg = TrainConfig(save_dir="x", max_steps=1, weight_decay=1e-4).validate()
+    _, optimizer = build_optimizer(model, cfg, {})
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert {id(p) for p in omegas_of(model)} <= {id(p) for p in optimizer.param_groups[0]["params"]}
+
+
+def test_omega_lr_scale_puts_omega_in_its_own_scaled_group():
+    model = TranslationModel(preset_config("admin-tiny"))  # 2-2 layers: 4 + 6 shortcuts
+    cfg = TrainConfig(save_dir="x", max_steps=1, omega_lr_scale=0.1).validate()
+    parameters, optimizer = build_optimizer(model, cfg, {})
+    rest, omega = optimizer.param_groups
+    assert [id(p) for p in omega["params"]] == [id(p) for p in omegas_of(model)] and len(omega["params"]) == 10
+    assert len(rest["params"]) + 10 == len(list(model.parameters()))
+    scheduler = inverse_sqrt_schedule(4, 1e-3, 0.0)(optimizer)
+    for step in range(8):
+        if step > 0:
+            assert omega["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] > 0
+        optimizer.step()
+        scheduler.step()
+    assert rest["lr"] == pytest.approx(1e-3 * math.sqrt(4 / 8))
+
+
+def test_omega_lr_scale_zero_freezes_omega_only():
+    model = TranslationModel(preset_config("admin-tiny"))
+    cfg = TrainConfig(save_dir="x", max_steps=1, omega_lr_scale=0.0, optimizer="adamw", weight_decay=0.1).validate()
+    _, optimizer = build_optimizer(model, cfg, {})
+    scheduler = inverse_sqrt_schedule(1, 1e-2, 1e-2)(optimizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    scheduler.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == name.endswith(".omega"), name
+
+
+def test_omega_lr_scale_refusals():
+    with pytest.raises(UserError, match="--omega-lr-scale"):
+        TrainConfig(save_dir="x", max_steps=1, omega_lr_scale=-1.0).validate()
+    cfg = TrainConfig(save_dir="x", max_steps=1, omega_lr_scale=0.5).validate()
+    with pytest.raises(UserError, match="has none"):
+        build_optimizer(TranslationModel(preset_config("admin-tiny", residual="pre-ln")), cfg, {})
+    with pytest.raises(UserError, match="scheduler section"):
+        build_optimizer(TranslationModel(preset_config("admin-tiny")), cfg, {"scheduler": {"type": "WarmupLR"}})
+
+
+def test_a_run_resumes_only_with_the_omega_lr_scale_it_was_saved_with(tmp_path):
+    (tmp_path / "latest").write_text("global_step3")
+    (tmp_path / "train_config.json").write_text('{"model": {}, "train": {"omega_lr_scale": 0.0}}')
+    model = TranslationModel(preset_config("admin-tiny"))
+    with pytest.raises(UserError, match="trained with --omega-lr-scale 0.0, not 1.0"):
+        build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1).validate(), {})
+    parameters, _ = build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1,
+                                                       omega_lr_scale=0.0).validate(), {})
+    assert len(parameters) == 2
+    # A run saved before the flag existed trained ω with everything else: scale 1; --no-resume starts afresh.
+    (tmp_path / "train_config.json").write_text('{"model": {}, "train": {}}')
+    assert len(build_optimizer(model, TrainConfig(save_dir=str(tmp_path), max_steps=1).validate(), {})[0]) > 2
+    cfg = TrainConfig(save_dir=str(tmp_path), max_steps=1, omega_lr_scale=0.5, resume=False).validate()
+    assert len(build_optimizer(model, cfg, {})[0]) == 2

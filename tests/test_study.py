@@ -134,6 +134,21 @@ def test_the_full_plan_is_what_the_study_asks_for():
     assert plan.data["vocab_size"] == 8000 and not plan.data.get("train_lines") and not plan.data.get("test_lines")
 
 
+def test_omega_probes_pass_their_learning_rate_scale_and_the_other_runs_do_not():
+    from bench.study.plan import FULL_PLAN, load_plan
+
+    plan = load_plan(FULL_PLAN)
+    frozen = plan.run("plateau-admin-omega-frozen-s1").train_flags()
+    assert frozen[frozen.index("--omega-lr-scale") + 1] == "0.0"
+    assert plan.run("plateau-admin-logn-frozen-s2").train_flags()[-2:] == ["--omega-lr-scale", "0.0"]
+    # Runs that do not ask keep the default (ω trained like every weight) and their settings as before.
+    probes = ("plateau-admin-omega-frozen", "plateau-admin-omega-lr0.1", "plateau-admin-logn-frozen")
+    others = [run for run in plan.runs if not run.name.startswith(probes)]
+    assert len(others) == len(plan.runs) - 9
+    assert all("--omega-lr-scale" not in run.train_flags() and "omega_lr_scale" not in run.settings
+               for run in others)
+
+
 def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
     from admin_ds.errors import UserError
     from bench.study.plan import QUICK_PLAN, load_plan

@@ -92,6 +92,9 @@ class TrainConfig:
                              help="how ω starts: profiled on rank 0's first batch, or admin-torch's closed form "
                                   "for a stack of N residual sublayers, no profiling: logn sqrt((N+1)/ln(N+1)-1), "
                                   "sqrtn sqrt(N), one 1 (docs/admin.md)")
+    omega_lr_scale: float = option(1.0, help="ω's learning rate as a multiple of --lr, warm-up and decay included "
+                                             "(1 = one group for all parameters, as the reference trains it; "
+                                             "0 = ω frozen at its start; docs/admin.md)")
     profile_dropout: bool = option(True, help="profile ω with dropout off (deterministic) instead of in "
                                               "training mode", flags=("--profile-no-dropout",))
     compile_layers: bool = option(False, help="torch.compile each encoder and decoder layer (one graph per "
@@ -135,6 +138,8 @@ class TrainConfig:
                             "but --validate-interval is 0")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= self.omega_lr_scale < float("inf"):
+            raise UserError(f"--omega-lr-scale must be a finite number >= 0, got {self.omega_lr_scale}")
         if self.omega_init not in OMEGA_INITS:
             raise UserError(f"--omega-init must be one of {', '.join(OMEGA_INITS)}, got {self.omega_init!r}")
         if self.omega_init != "profile" and self.omega_profile:

@@ -137,10 +137,10 @@ class Trainer:
     def _build_engine(self):
         with model_init_context(self.ds_config, self.cfg.zero_init):
             model = TranslationModel(self.model_cfg)
-        optimizer = build_optimizer(model, self.cfg, self.ds_config)
+        parameters, optimizer = build_optimizer(model, self.cfg, self.ds_config)
         schedule = None if "scheduler" in self.ds_config else inverse_sqrt_schedule(
             self.cfg.warmup_updates, self.cfg.lr, self.cfg.warmup_init_lr)
-        return initialize(model, self.ds_config, optimizer, schedule)
+        return initialize(model, self.ds_config, optimizer, schedule, parameters)
 
     def _valid_data(self) -> Optional[BatchIterator]:
         if self.cfg.valid_split not in self.data_info.split_sizes or self.cfg.validate_interval == 0:

@@ -24,8 +24,9 @@ def inverse_sqrt_schedule(warmup_updates: int, peak_lr: float, warmup_init_lr: f
 
     def build(optimizer: torch.optim.Optimizer) -> LambdaLR:
         for group in optimizer.param_groups:
-            group["lr"] = peak_lr
-            group["initial_lr"] = peak_lr
+            # A group's "lr_scale" (ω's group under --omega-lr-scale) keeps its rate that multiple of the rest.
+            group["lr"] = peak_lr * group.get("lr_scale", 1.0)
+            group["initial_lr"] = group["lr"]
         return LambdaLR(optimizer, lambda step: inverse_sqrt_factor(step, warmup_updates, peak_lr, warmup_init_lr))
 
     return build

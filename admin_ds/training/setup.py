@@ -13,6 +13,7 @@ from admin_ds.data import DataInfo
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import ModelConfig
+from admin_ds.model.residual import Residual
 from admin_ds.training.config import ModelChoice, TrainConfig
 
 # DeepSpeed computes the global gradient norm (which we log) only when clipping is on; a bound that is
@@ -38,12 +39,50 @@ def deepspeed_config(user_config: dict, cfg: TrainConfig) -> dict:
     return config
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> Optional[torch.optim.Optimizer]:
-    """A torch.optim optimizer, unless the DeepSpeed config defines one (FusedAdam on GPU)."""
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> list:
+    """What the optimizer trains. With --omega-lr-scale 1 (the default), one group of every parameter, ω
+    included, under the same learning rate and weight decay, as the reference trains it. Otherwise two:
+    everything but ω, then the Admin shortcut scales ω with ``lr_scale`` (read by our schedule).
+
+    Returns a list of parameters, or of two param-group dicts."""
+    refuse_changed_omega_lr_scale(cfg)
+    params = list(model.parameters())
+    if cfg.omega_lr_scale == 1.0:
+        return params
+    if "scheduler" in config:
+        raise UserError("--omega-lr-scale needs our learning-rate schedule, but the DeepSpeed config has a "
+                        "scheduler section that would set every group's rate: drop one of them")
+    omegas = [m.omega for m in model.modules() if isinstance(m, Residual) and m.omega is not None]
+    if not omegas:
+        raise UserError(f"--omega-lr-scale {cfg.omega_lr_scale} scales Admin's ω, but this model has none: "
+                        "use it with --residual admin")
+    omega_ids = {id(p) for p in omegas}
+    rest = [p for p in params if id(p) not in omega_ids]
+    return [{"params": rest}, {"params": omegas, "lr_scale": cfg.omega_lr_scale}]
+
+
+def refuse_changed_omega_lr_scale(cfg: TrainConfig) -> None:
+    """A resumed run keeps the --omega-lr-scale it was saved with: DeepSpeed restores every group's rate and
+    the schedule's base rates from the checkpoint (a new scale would be silently ignored), and a different
+    number of groups does not load at all (ZeRO fails deep inside with a layout error)."""
+    save_dir, run_config = Path(cfg.save_dir), Path(cfg.save_dir) / TRAIN_CONFIG
+    if not (cfg.resume and latest_tag(save_dir) is not None and run_config.is_file()):
+        return
+    saved = read_json_object(run_config, "run config").get("train", {}).get("omega_lr_scale", 1.0)
+    if saved != cfg.omega_lr_scale:
+        raise UserError(f"{save_dir} was trained with --omega-lr-scale {saved}, not {cfg.omega_lr_scale}: resume "
+                        "with the same scale, or pass --no-resume to start afresh")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                    config: dict) -> tuple[list, Optional[torch.optim.Optimizer]]:
+    """What the optimizer trains (see parameter_groups; DeepSpeed gets it too), and a torch.optim optimizer
+    over it, unless the DeepSpeed config defines one (FusedAdam on GPU; then None)."""
+    parameters = parameter_groups(model, cfg, config)
     if "optimizer" in config:
-        return None
-    return OPTIMIZER_CLASSES[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                            weight_decay=cfg.weight_decay)
+        return parameters, None
+    return parameters, OPTIMIZER_CLASSES[cfg.optimizer](parameters, lr=cfg.lr, betas=cfg.adam_betas,
+                                                        weight_decay=cfg.weight_decay)
 
 
 def resolve_model_config(choice: ModelChoice, save_dir: Path, data_info: DataInfo, resume: bool) -> ModelConfig:

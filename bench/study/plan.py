@@ -29,6 +29,9 @@ TRAIN_FLAGS = (("encoder_layers", "--encoder-layers"), ("decoder_layers", "--dec
                ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("log_interval", "--log-interval"),
                ("validate_interval", "--validate-interval"), ("save_interval", "--save-interval"),
                ("keep_last", "--keep-last"))
+# Settings passed only where a run gives them (Admin runs only), so that adding one to a probe leaves the
+# settings of runs already started, and so their right to resume, unchanged.
+ADMIN_FLAGS = (("omega_lr_scale", "--omega-lr-scale"),)
 REQUIRED = tuple(name for name, _ in TRAIN_FLAGS) + ("updates", "precision", "average_last", "beam", "score")
 PRECISIONS = {"bf16": "ds_configs/cpu_zero2_bf16.json", "fp32": None}
 
@@ -58,6 +61,9 @@ class Run:
             if name == "omega_init" and self.settings["residual"] != "admin":
                 continue
             flags += [flag, str(self.settings[name])]
+        for name, flag in ADMIN_FLAGS:
+            if name in self.settings and self.settings["residual"] == "admin":
+                flags += [flag, str(self.settings[name])]
         return flags
 
 

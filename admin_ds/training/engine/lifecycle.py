@@ -81,12 +81,13 @@ def model_init_context(config: dict, enabled: bool):
     return nullcontext()
 
 
-def initialize(model: torch.nn.Module, config: dict, optimizer=None, lr_scheduler=None):
-    """``deepspeed.initialize`` with our client optimizer/scheduler (either may be None: config wins)."""
+def initialize(model: torch.nn.Module, config: dict, optimizer=None, lr_scheduler=None, parameters=None):
+    """``deepspeed.initialize`` with our client optimizer/scheduler (either may be None: config wins);
+    ``parameters`` (default: all of the model's) is what a config-built optimizer trains, param groups allowed."""
     if optimizer is not None and zero_stage(config) > 0:
         # torch.optim optimizers other than Adam(W) are fine under ZeRO but DeepSpeed asks for consent.
         config.setdefault("zero_allow_untested_optimizer", True)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameters or list(model.parameters()),
                                            optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
     return engine
 
