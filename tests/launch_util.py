@@ -10,8 +10,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+# What a launcher or an in-process run (a module fixture's cli_main(["train", ...]), which fills them and whose
+# process group keeps MASTER_PORT) left in this process: a new run must choose its own.
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def launcher_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in RENDEZVOUS}
     # Two ranks on two cores: one thread each, or they fight over the cores (docs/deepspeed.md).
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
