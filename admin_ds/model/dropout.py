@@ -112,6 +112,8 @@ class Dropout(nn.Module):
             mask, scale = keep_mask(x.shape, self.p, x.device)
             if _tape.masks is not None:
                 _tape.masks.append((mask, scale, torch.get_rng_state()))
-        # Autograd keeps the boolean mask for backward (mul saves its other operand); scaling a fresh
-        # tensor in place saves nothing.
-        return x.mul(mask).mul_(scale)
+        # where, not x * mask: a CPU multiply by a boolean mask first copies the mask to x's dtype (mixed
+        # inputs are cast), in forward and again in backward. where keeps the boolean mask for backward;
+        # scaling a fresh tensor in place saves nothing. The scale stays a Python float (not a bf16 mask
+        # value, which would round 1/0.9 to 1.109 and bias E[dropout(x)]).
+        return torch.where(mask, x, 0.0).mul_(scale)
