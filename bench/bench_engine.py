@@ -1,12 +1,15 @@
 """DeepSpeed engine step vs a plain torch training loop on the same model, one CPU rank.
 
-    python -m bench.bench_engine [--repeats 5] [--steps 5] [--arch admin-6-6] [--batch 64x32]
+    python -m bench.bench_engine [--repeats 5] [--steps 5] [--arch admin-6-6] [--batch 64x32] [--dtype bf16]
 
 Same model (admin 6-6 d=256 by default), same batch, same optimizer (torch Adam), same loss (label-smoothed
 sum over target tokens / their count): the plain loop does forward, backward, clip-free Adam step; the
 engine runs the product's step (``admin_ds.training.engine.train_step``) under ds_configs/cpu_fp32.json
-(ZeRO-0) and ds_configs/cpu_zero2_fp32.json (ZeRO-2). Runs alternate; medians of the repeats; ratio =
-plain time / engine time (>= 1 means the engine costs nothing).
+(ZeRO-0) and ds_configs/cpu_zero2_fp32.json (ZeRO-2), or with ``--dtype bf16`` cpu_bf16.json and
+cpu_zero2_bf16.json against a plain loop that trains a bf16 model from fp32 master weights (what DeepSpeed's
+bf16 does: bf16 forward and backward, gradients cast to fp32, Adam on the fp32 copy, weights cast back).
+Runs alternate; medians of the repeats; ratio = plain time / engine time (>= 1 means the engine costs
+nothing).
 """
 
 import argparse
@@ -56,6 +59,32 @@ class PlainLoop:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+class PlainBf16Loop:
+    """A bf16 model trained from fp32 master weights, in plain torch: the anchor for what a bf16 step costs."""
+
+    def __init__(self, arch: str = "admin-6-6"):
+        self.model = new_model(arch).train()
+        self.master = [p.detach().clone() for p in self.model.parameters()]  # fp32
+        self.model.bfloat16()
+        self.optimizer = torch.optim.Adam(self.master, lr=1e-4, betas=(0.9, 0.98))
+
+    def step(self, batch: Batch) -> None:
+        loss_sum, _ = self.model(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
+                                 label_smoothing=LABEL_SMOOTHING, src_padded=batch.src_padded)
+        (loss_sum / batch.ntokens).backward()
+        with torch.no_grad():
+            for master, param in zip(self.master, self.model.parameters()):
+                master.grad = param.grad.float()
+                param.grad = None
+            self.optimizer.step()
+            for master, param in zip(self.master, self.model.parameters()):
+                param.copy_(master)
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+CONFIGS = {"fp32": ("cpu_fp32.json", "cpu_zero2_fp32.json"), "bf16": ("cpu_bf16.json", "cpu_zero2_bf16.json")}
+
+
 class EngineLoop:
     def __init__(self, config_name: str, arch: str = "admin-6-6"):
         config = json.loads((REPO / "ds_configs" / config_name).read_text())
@@ -80,13 +109,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--arch", choices=sorted(SIZES), default="admin-6-6")
     parser.add_argument("--batch", default="64x32", help="sentences x tokens")
+    parser.add_argument("--dtype", choices=sorted(CONFIGS), default="fp32", help="training precision")
     args = parser.parse_args()
     os.environ.update(fill_rendezvous_env(os.environ))  # an entry point: it fills the rendezvous
     training_engine.init_distributed()
     torch.set_num_threads(2)
     batch = make_batch(*(int(n) for n in args.batch.split("x")))
-    loops = {"plain": PlainLoop(args.arch), "zero0": EngineLoop("cpu_fp32.json", args.arch),
-             "zero2": EngineLoop("cpu_zero2_fp32.json", args.arch)}
+    zero0, zero2 = CONFIGS[args.dtype]
+    plain = PlainBf16Loop(args.arch) if args.dtype == "bf16" else PlainLoop(args.arch)
+    loops = {"plain": plain, "zero0": EngineLoop(zero0, args.arch), "zero2": EngineLoop(zero2, args.arch)}
     times = {name: [] for name in loops}
     for _ in range(args.repeats):
         for name, loop in loops.items():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from admin_ds.model.dropout import Dropout, keep_mask
+from admin_ds.model.dropout import Dropout, keep_mask, keep_mask_as
 
 
 def test_drop_rate_and_unbiased_scale():
@@ -124,3 +124,32 @@ def test_a_replay_that_does_not_match_its_recording_raises():
         layer(torch.ones(4, 8))  # the one recorded mask
         with pytest.raises(RuntimeError, match="more masks"):
             layer(torch.ones(4, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [1 / 65536, 0.1, 0.5, 0.9, 65535 / 65536])
+def test_half_precision_masks_are_the_boolean_masks_as_numbers(dtype, p):
+    """The integer-built 1.0 / 0.0 mask makes the same decisions from the same draws as the boolean one."""
+    torch.manual_seed(6)
+    as_bool, scale = keep_mask(torch.Size([3, 50_001]), p, torch.device("cpu"))
+    torch.manual_seed(6)
+    as_numbers, scale_too = keep_mask_as(torch.Size([3, 50_001]), p, torch.device("cpu"), dtype)
+    assert as_numbers.dtype == dtype and as_numbers.shape == as_bool.shape and scale == scale_too
+    assert torch.equal(as_numbers, as_bool.to(dtype))
+    assert as_numbers.float().mean().item() == pytest.approx(1 - p, abs=4e-3)
+    assert set(as_numbers.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_bf16_dropout_scale_and_gradient_are_exact():
+    """In bf16 a kept element is x / (1 - p) rounded once (the scale is applied in fp32 arithmetic, not as a
+    bf16 number), and its gradient is the same mask and scale."""
+    torch.manual_seed(7)
+    x = torch.randn(64, 33, dtype=torch.bfloat16, requires_grad=True)
+    y = Dropout(0.1).train()(x)
+    kept = y != 0
+    expected = (x.detach().float() * (65536 / (65536 - round(0.1 * 65536)))).to(torch.bfloat16)
+    assert torch.equal(y[kept], expected[kept]) and 0.05 < 1 - kept.float().mean().item() < 0.15
+    weights = torch.randn(64, 33, dtype=torch.bfloat16)
+    (y * weights).float().sum().backward()
+    want = (weights.float() * kept * (65536 / (65536 - round(0.1 * 65536)))).to(torch.bfloat16)
+    torch.testing.assert_close(x.grad, want, rtol=1e-2, atol=1e-2)

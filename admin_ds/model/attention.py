@@ -94,10 +94,28 @@ def _sdpa_backends(q: torch.Tensor) -> contextlib.AbstractContextManager:
     There torch's flash kernel for CPU runs its backward about 10x slower in bf16 than in fp32 (1.14 s
     against 0.10 s per step of a 6-6 d=256 model on 4k tokens, 2 cores), which eats the bf16 matmul gain;
     the unfused math kernel keeps it (a whole step 1.41 s against 2.30 s). bench/README.md has the figures.
+    The math kernel by default copies query, key and value to fp32 and its output back (and the same in
+    backward): 24 full-size copies per decoder layer and step. In bf16 it computes the scores with bf16
+    matmuls instead (fp32 accumulation inside the GEMM, bf16 result) and the softmax in the CPU kernel's
+    fp32 registers; docs/speed.md has what this costs in accuracy and gains in time.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
-        return sdpa_kernel([SDPBackend.MATH])
+        return _math_in_input_precision()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _math_in_input_precision():
+    """The math SDPA kernel without its fp32 copies of query, key and value. The switch is torch's public
+    ``allow_fp16_bf16_reduction_math_sdp`` (named for CUDA, read by the CPU math kernel too; torch >= 2.5);
+    it is global state, so it is restored on exit and only set around this call."""
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
 
 
 def _sdpa_mask(key_padding_mask: Optional[torch.Tensor], causal: bool, q_len: int, k_len: int,

@@ -3,8 +3,12 @@
 On CPU, ``nn.Dropout`` draws one Bernoulli float per element and keeps a float mask for backward: on a
 60-12 d=128 step that was a quarter of the forward time (156 calls at ~3.8 ms against ~5 ms for an FFN
 matmul), paid twice under activation checkpointing. Here one 64-bit random word feeds four elements as
-16-bit uniforms and the mask is kept as booleans (a quarter of the memory). The keep probability is
-quantised to 1/65536 and the scale uses the quantised value, so E[dropout(x)] = x holds exactly.
+16-bit uniforms. For fp32 the mask is kept as booleans (a quarter of the memory). For bf16 and fp16 it is
+kept as 1.0 / 0.0 in the activation's dtype, built with integer ops on the uniforms' bits: on a CPU a
+multiply of a bf16 tensor by a boolean one first casts the booleans to bf16, and that cast (in forward and
+again in backward) ran ~50x slower than the bf16 multiply itself (bench/bench_dropout.py). The keep
+probability is quantised to 1/65536 and the scale (a Python float, applied in fp32 arithmetic) uses the
+quantised value, so E[dropout(x)] = x holds exactly.
 
 CUDA and other devices keep ``F.dropout``: their fused kernel (Philox RNG, in-kernel mask) is already fast.
 Randomness comes from torch's default CPU generator, so ``torch.manual_seed`` and the RNG states saved in
@@ -24,17 +28,34 @@ import torch.nn.functional as F
 from torch import nn
 
 _LEVELS = 1 << 16
+# The bit pattern of 1.0 in each 16-bit float dtype that gets its mask as numbers.
+_ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}
+
+
+def _uniforms(numel: int, device: torch.device) -> torch.Tensor:
+    """[numel] int16 uniforms in [-32768, 32767], four from each 64-bit random word."""
+    # random_(min, None) fills all 64 bits with no modulo (randint's range arithmetic costs ~15% more).
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    return words.view(torch.int16)[:numel]
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
     """A boolean mask of ``shape`` with P(True) = 1 - p (p rounded to 1/65536) and the matching scale."""
     drop_levels = round(p * _LEVELS)
-    numel = shape.numel()
-    # random_(min, None) fills all 64 bits with no modulo (randint's range arithmetic costs ~15% more).
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
-    uniform16 = words.view(torch.int16)[:numel]  # each in [-32768, 32767], uniform
-    mask = uniform16.ge(drop_levels - _LEVELS // 2).view(shape)
+    mask = _uniforms(shape.numel(), device).ge(drop_levels - _LEVELS // 2).view(shape)
     return mask, _LEVELS / (_LEVELS - drop_levels)
+
+
+def keep_mask_as(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """``keep_mask``'s draws and decisions as 1.0 / 0.0 of a 16-bit float ``dtype`` (a key of _ONE_BITS).
+    Needs p >= 1/65536 (Dropout sends smaller ones to F.dropout)."""
+    drop_levels = round(p * _LEVELS)
+    threshold = drop_levels - _LEVELS // 2  # keep where uniform >= threshold
+    bits = _uniforms(shape.numel(), device)
+    # Clamped to {threshold - 1, threshold}, shifted to {0, 1}, times 1.0's bit pattern: the float 0.0 or
+    # 1.0, in three in-place int16 passes that never overflow (threshold - 1 >= -32768 as drop_levels >= 1).
+    bits.clamp_(threshold - 1, threshold).sub_(threshold - 1).mul_(_ONE_BITS[dtype])
+    return bits.view(dtype).view(shape), _LEVELS / (_LEVELS - drop_levels)
 
 
 class _Tape(threading.local):
@@ -109,9 +130,13 @@ class Dropout(nn.Module):
             # (attention dropout inside SDPA) see the stream they saw in the forward.
             torch.set_rng_state(rng_after)
         else:
-            mask, scale = keep_mask(x.shape, self.p, x.device)
+            if x.dtype in _ONE_BITS:
+                mask, scale = keep_mask_as(x.shape, self.p, x.device, x.dtype)
+            else:
+                mask, scale = keep_mask(x.shape, self.p, x.device)
             if _tape.masks is not None:
                 _tape.masks.append((mask, scale, torch.get_rng_state()))
-        # Autograd keeps the boolean mask for backward (mul saves its other operand); scaling a fresh
-        # tensor in place saves nothing.
+        # Autograd keeps the mask for backward (mul saves its other operand); scaling a fresh tensor in
+        # place saves nothing. The scale stays a Python float: as a bf16 mask value 1/0.9 would round to
+        # 1.109 and bias E[dropout(x)].
         return x.mul(mask).mul_(scale)

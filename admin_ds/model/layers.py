@@ -29,8 +29,10 @@ class FeedForward(nn.Module):
         self.activation_dropout = Dropout(activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place: fc1's output is a fresh tensor nobody keeps, so no second [B, T, F] buffer is allocated.
-        return self.fc2(self.activation_dropout(F.relu(self.fc1(x), inplace=True)))
+        # Not in place: fc1's output is a view of its 2-D GEMM result, and an in-place ReLU on a view makes
+        # autograd rebuild the base in backward (CopySlices + AsStridedBackward: four [B, T, F] copies and a
+        # zero fill per layer), which costs more than the second buffer it saves.
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
 
 
 class EncoderLayer(nn.Module):
