@@ -10,6 +10,10 @@ CTranslate2 engine equal ours and the BLEU of each against the references (when 
     python -m bench.bench_ctranslate2 --checkpoint RUN_DIR                   # Tatoeba test, 500 lines
     python -m bench.bench_ctranslate2 --checkpoint RUN_DIR --threads 2 --repeats 7 --out bench/results/ctranslate2.json
 
+``--train WORK`` first trains one (unless WORK/run already holds it): an Admin 3-3 d=256 model (4 heads, ffn
+1024, 4,000-piece joint vocabulary) for --train-steps updates on the first 80,000 Tatoeba de-en training pairs,
+on all cores; then benchmarks it as --checkpoint WORK/run.
+
 RUN_DIR is any checkpoint ``admin-ds translate`` reads, with its sentencepiece model beside it or in its run.
 ``--random-arch PRESET --spm FILE`` instead builds a random-weight model of that preset on the sentencepiece
 model's vocabulary (for sizes no trained checkpoint is at hand for; its outputs mostly run to the length
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -45,6 +50,9 @@ TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-de-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a trained checkpoint (run directory or export)")
+    parser.add_argument("--train", metavar="WORK", help="train a model into WORK/run first (or reuse it there)")
+    parser.add_argument("--train-steps", type=int, default=300, help="updates of the --train model")
+    parser.add_argument("--train-only", action="store_true", help="with --train: stop after training")
     parser.add_argument("--random-arch", help="instead: a random-weight model of this preset (needs --spm)")
     parser.add_argument("--spm", help="sentencepiece model for --random-arch")
     parser.add_argument("--input", default=str(TATOEBA / "test.de"), help="source lines (default Tatoeba test.de)")
@@ -69,6 +77,36 @@ def subset(path: str, count: int) -> list[str]:
     return lines[:: max(1, len(lines) // count)][:count]
 
 
+def train_checkpoint(work: Path, steps: int) -> Path:
+    """WORK/run: the --train model (module docstring), trained here unless WORK/run already has its last
+    checkpoint."""
+    from admin_ds import cli
+    from admin_ds.checkpoints.rundir import latest_tag, step_tag
+    from admin_ds.data import PrepareConfig, prepare
+
+    run = work / "run"
+    if run.is_dir() and latest_tag(run) == step_tag(steps):
+        return run
+    text = work / "text"
+    text.mkdir(parents=True, exist_ok=True)
+    for split, name, count in (("train", "train", 80_000), ("dev", "dev", 500)):
+        for side in ("de", "en"):
+            lines = (TATOEBA / f"{name}.{side}").read_text(encoding="utf-8").splitlines()[:count]
+            (text / f"{split}.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if not (work / "data" / "meta.json").is_file():
+        prepare(PrepareConfig(train_prefix=text / "train", valid_prefix=text / "dev", source_lang="de",
+                              target_lang="en", out_dir=work / "data", vocab_size=4000, max_positions=128,
+                              progress=False))
+    code = cli.main(["train", "--data", str(work / "data"), "--save-dir", str(run), "--arch", "admin-tiny",
+                     "--encoder-layers", "3", "--decoder-layers", "3", "--d-model", "256", "--nhead", "4",
+                     "--ffn-dim", "1024", "--max-tokens", "4096", "--max-steps", str(steps), "--lr", "2e-3",
+                     "--warmup-updates", "100", "--log-interval", "50", "--save-interval", str(steps),
+                     "--validate-interval", "0", "--no-tensorboard"])
+    if code != 0:
+        raise SystemExit(f"training the benchmark model failed (exit {code})")
+    return run
+
+
 def random_checkpoint(arch: str, spm: str, out: Path) -> Path:
     """A random-weight export of ``arch`` on ``spm``'s vocabulary, with spm.model beside it."""
     size = Tokenizer(spm).vocab_size
@@ -81,8 +119,13 @@ def random_checkpoint(arch: str, spm: str, out: Path) -> Path:
 
 def main() -> None:
     args = parse_args()
+    if args.train:
+        torch.set_num_threads(os.cpu_count() or 1)  # training: all cores; decoding: --threads
+        args.checkpoint = str(train_checkpoint(Path(args.train), args.train_steps))
+        if args.train_only:
+            return
     if (args.checkpoint is None) == (args.random_arch is None) or (args.random_arch and not args.spm):
-        raise SystemExit("pass --checkpoint RUN, or --random-arch PRESET with --spm FILE")
+        raise SystemExit("pass --checkpoint RUN, --train WORK, or --random-arch PRESET with --spm FILE")
     torch.set_num_threads(args.threads)
     sources = subset(args.input, args.lines)
     refs = subset(args.refs, args.lines) if args.refs and not args.random_arch else None

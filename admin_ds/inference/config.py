@@ -23,12 +23,15 @@ class DecodingConfig:
     device: Optional[str] = option(None, help="cpu, cuda or cuda:N (default: cuda when available)")
     fp16: bool = option(False, help="decode in float16 (GPU)")
     bf16: bool = option(False, help="decode in bfloat16")
+    threads: int = option(0, help="CPU threads (0: the engine's default: torch's, or CTranslate2's)")
 
     def validate(self) -> DecodingConfig:
         if self.beam < 1:
             raise UserError(f"--beam must be at least 1, got {self.beam}")
         if self.max_tokens < 1:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.threads < 0:
+            raise UserError(f"--threads must be 0 (the default) or more, got {self.threads}")
         if self.fp16 and self.bf16:
             raise UserError("choose one of --fp16 and --bf16")
         return self
