@@ -10,7 +10,7 @@ The decoding flags map onto CTranslate2's (docs/deploy.md has the table and wher
   --beam -> beam_size (1 is greedy search); --lenpen -> length_penalty (both divide the sum of
   log-probabilities by len ** lenpen with EOS counted); the stopping rule is the same at the default
   patience 1 (a sentence ends once ``beam`` hypotheses have ended);
-  --max-len-a/--max-len-b -> max_decoding_length, see ``CAP_RULES``; --max-tokens -> the token budget of
+  --max-len-a/--max-len-b -> max_decoding_length (--caps: see ``hypotheses_ct2``); --max-tokens -> the budget of
   a batch. PAD and BOS are suppressed (``suppress_sequences``), EOS is not allowed first
   (min_decoding_length 1), as in our search.
 Batching follows CTranslate2's own fast path: sentences sorted by length, cut into batches of at most
@@ -101,18 +101,19 @@ def decoding_cap(src_len: int, decoding: DecodingConfig, max_positions: int, min
 CAP_RULES = ("sentence", "batch")
 
 
-def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfig, nbest: int = 1,
-                   caps: str = "sentence") -> list[list[tuple[list[int], float]]]:
+def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfig,
+                   nbest: int = 1) -> list[list[tuple[list[int], float]]]:
     """For each line its ``nbest`` (target ids, score) pairs, best first, in input order; an empty line
     gives ``nbest`` empty hypotheses with score 0 (as ``translate.translate_hypotheses``).
 
-    ``caps`` says whose length cap int(a * src_len + b) (src_len with EOS) a sentence decodes under:
+    ``decoding.caps`` says whose length cap int(a * src_len + b) (src_len with EOS) a sentence decodes under:
     "sentence": its own, as in our beam search (a length-sorted batch is split where the cap changes, so
     batches hold sentences of one source length); "batch": its batch's longest sentence's, so batches are
     cut by tokens alone; a sentence may then run a few tokens past its own cap (docs/deploy.md).
     """
     if not 1 <= nbest <= decoding.beam:
         raise UserError(f"nbest must be between 1 and the beam size {decoding.beam}, got {nbest}")
+    caps = decoding.caps
     if caps not in CAP_RULES:
         raise UserError(f"unknown cap rule {caps!r}; choose one of {', '.join(CAP_RULES)}")
     results: list[list[tuple[list[int], float]]] = [[([], 0.0)] * nbest for _ in lines]
@@ -168,4 +169,5 @@ def load_ct2(checkpoint: str, decoding: DecodingConfig, data: Optional[str] = No
         raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     compute_type = "float16" if decoding.fp16 else "bfloat16" if decoding.bf16 else "default"
     return CT2Model(checkpoint, device=kind, device_index=int(index or 0), compute_type=compute_type,
-                    threads=decoding.threads, spm=decoding.spm, tgt_spm=decoding.tgt_spm, data=data)
+                    threads=decoding.threads, inter_threads=decoding.workers, spm=decoding.spm,
+                    tgt_spm=decoding.tgt_spm, data=data)
