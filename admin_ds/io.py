@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -179,3 +180,97 @@ def read_text_lines(path: str, flag: str) -> list[str]:
         what = "is a directory" if file.is_dir() else "does not exist"
         raise UserError(f"{flag} {path} {what}")
     return decode_lines(file.read_bytes(), path)
+
+
+# --- streaming text --------------------------------------------------------------------------------------
+READ_BYTES = 1 << 16
+
+
+def read_line_chunks(path: str, flag: str, max_lines: int) -> Iterator[list[str]]:
+    """Lines of a UTF-8 file, or of stdin for "-", in chunks of at most ``max_lines`` (as ``read_text_lines``
+    decodes them). A chunk is handed on when it is full, at the end, or as soon as no more input is waiting:
+    a line typed at a terminal, or written by a slow producer, comes back at once, while a file or a fast
+    pipe gives full chunks. Only one chunk and one read are held in memory, whatever the input's length.
+    The path and ``max_lines`` are checked here, before the first chunk is asked for."""
+    if max_lines < 1:
+        raise UserError(f"{flag}: the chunk size must be at least 1 line, got {max_lines}")
+    if path == "-":
+        return _stdin_line_chunks(max_lines)
+    file = Path(path)
+    if not file.is_file():
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise UserError(f"{flag} {path} {what}")
+    return _file_line_chunks(file, max_lines)
+
+
+def _file_line_chunks(file: Path, max_lines: int) -> Iterator[list[str]]:
+    with open(file, "rb", buffering=0) as handle:
+        fd = handle.fileno()
+        yield from _line_chunks(lambda: os.read(fd, READ_BYTES), lambda: True, str(file), max_lines)
+
+
+def _stdin_line_chunks(max_lines: int) -> Iterator[list[str]]:
+    """Raw reads of stdin's file descriptor (a buffered reader would hide what waits); an in-memory stdin
+    (no descriptor, as when a caller replaces sys.stdin) is read through its buffer, all of it waiting."""
+    stream = sys.stdin.buffer
+    try:
+        fd = stream.fileno()
+    except (OSError, AttributeError, ValueError):
+        yield from _line_chunks(lambda: stream.read(READ_BYTES), lambda: True, "<stdin>", max_lines)
+        return
+    yield from _line_chunks(lambda: os.read(fd, READ_BYTES), lambda: _input_waiting(fd), "<stdin>", max_lines)
+
+
+def _input_waiting(fd: int) -> bool:
+    """Whether a read of ``fd`` would return at once (always, for a regular file)."""
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _line_chunks(read: Callable[[], bytes], waiting: Callable[[], bool], name: str,
+                 max_lines: int) -> Iterator[list[str]]:
+    """``read_line_chunks`` over ``read()`` (up to READ_BYTES, b"" at the end); ``waiting()``: whether more
+    input would come at once."""
+    complete: list[bytes] = []  # lines read, without their "\n", not yet handed on
+    partial, eof = b"", False
+    line_number, byte = 1, 0  # where the next chunk starts in the input, for error messages
+    while True:
+        if complete and (len(complete) >= max_lines or eof or not waiting()):
+            chunk, complete = complete[:max_lines], complete[max_lines:]
+            data = b"\n".join(chunk) + b"\n"
+            yield decode_lines(data, name, first_line=line_number, first_byte=byte)
+            line_number, byte = line_number + len(chunk), byte + len(data)
+            continue
+        if eof:
+            if partial:  # a last line without its newline
+                yield decode_lines(partial, name, first_line=line_number, first_byte=byte)
+            return
+        data = read()
+        eof = not data
+        parts = (partial + data).split(b"\n")
+        partial = parts.pop()
+        complete.extend(parts)
+
+
+@contextmanager
+def output_stream(path: str) -> Iterator[Callable[[str], None]]:
+    """A writer of text pieces: for "-" each piece goes to stdout and is flushed at once; else the pieces go
+    to a temporary file beside ``path`` that is renamed to ``path`` when the block ends without error (and
+    removed when it does not), as every output of the package."""
+    if path == "-":
+        def write_stdout(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        yield write_stdout
+        return
+    target = Path(path).resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield lambda text: handle.write(text.encode("utf-8"))
+            os.fchmod(handle.fileno(), _umask_mode(0o666))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from admin_ds.checkpoints.ctranslate2_export import CT2_INFO
 from admin_ds.data import load_meta
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_or_empty, write_json_atomic
@@ -123,13 +124,15 @@ def spm_near(checkpoint: str | os.PathLike) -> Optional[tuple[Path, Path]]:
 
 
 def spm_beside(directory: Path) -> Optional[tuple[Path, Path]]:
-    """config.json's "spm_model" (a path, or {"src", "tgt"}, relative to ``directory`` or absolute), a file
-    spm.model, or the prepared dataset that train_config.json's "data" names."""
-    entry = read_json_or_empty(directory / "config.json").get("spm_model")
-    if isinstance(entry, str):
-        return directory / entry, directory / entry
-    if isinstance(entry, dict) and "src" in entry and "tgt" in entry:
-        return directory / entry["src"], directory / entry["tgt"]
+    """The "spm_model" entry (a path, or {"src", "tgt"}, relative to ``directory`` or absolute) of an
+    export's config.json or a CTranslate2 export's info file, a file spm.model, or the prepared dataset that
+    train_config.json's "data" names."""
+    for info_file in ("config.json", CT2_INFO):
+        entry = read_json_or_empty(directory / info_file).get("spm_model")
+        if isinstance(entry, str):
+            return directory / entry, directory / entry
+        if isinstance(entry, dict) and "src" in entry and "tgt" in entry:
+            return directory / entry["src"], directory / entry["tgt"]
     if (directory / SPM_BESIDE).is_file():
         return directory / SPM_BESIDE, directory / SPM_BESIDE
     data = read_run_config(directory).get("data")

@@ -2,9 +2,9 @@
 
 Two modes:
   - ``--hyp FILE --ref FILE`` scores existing translations;
-  - ``--checkpoint PATH`` translates first (same decoding flags as ``translate``): ``--src FILE --ref FILE``,
-    or ``--data DIR --split SPLIT`` (see ``admin_ds.inference.scoring.split_text`` for where its text comes
-    from; the JSON says which under ``"text_from"``).
+  - ``--checkpoint PATH`` translates first (same decoding flags and ``--engine`` as ``translate``):
+    ``--src FILE --ref FILE``, or ``--data DIR --split SPLIT`` (see ``admin_ds.inference.scoring.split_text``
+    for where its text comes from; the JSON says which under ``"text_from"``).
 
 The JSON result (printed, and written atomically with ``--output``) holds ``bleu``, ``chrf``, ``signature``
 (BLEU's), ``chrf_signature``, ``n_sentences``, and when translating the decoding settings and timing.
@@ -19,6 +19,7 @@ from admin_ds.cli.args import add_options, options_from_args
 from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
 from admin_ds.inference.scoring import score, split_text, translate_and_score
+from admin_ds.inference.translator import ENGINES
 from admin_ds.io import check_output_path, read_text_lines, write_output_text
 
 
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="also write the JSON result here")
     parser.add_argument("--write-hyp", metavar="FILE", help="also write the translations here")
     parser.add_argument("--tokenize", help="sacrebleu BLEU tokenizer (default: sacrebleu's, 13a)")
+    parser.add_argument("--engine", choices=ENGINES, default="admin-ds",
+                        help="with --checkpoint: admin-ds (our beam search) or ctranslate2 (a model written by "
+                             "`admin-ds convert --format ctranslate2`), as in `admin-ds translate`")
     add_options(parser, DecodingConfig, "decoding")
 
 
@@ -60,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.checkpoint:
         sources, references, text_from = _texts(args)
         result, hypotheses = translate_and_score(args.checkpoint, options_from_args(DecodingConfig, args),
-                                                 sources, references, args.tokenize, args.data)
+                                                 sources, references, args.tokenize, args.data, args.engine)
         result.update(text_from=text_from, split=None if args.src else args.split)
         if args.write_hyp:
             write_output_text(args.write_hyp, "".join(h + "\n" for h in hypotheses))

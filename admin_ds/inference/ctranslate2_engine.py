@@ -1,19 +1,21 @@
 """Translating with a CTranslate2 model written by ``admin-ds convert --format ctranslate2``.
 
-``admin-ds translate --engine ctranslate2 --checkpoint OUT`` comes here; the default engine stays our own
-beam search (``translate.py``). Lines are SentencePiece-encoded exactly as there (truncated to the
-model's positions), handed to ``ctranslate2.Translator.translate_batch`` as pieces (the vocabulary is the
-sentencepiece model's pieces in id order, so CTranslate2's ids are ours), and decoded back in input order.
+``admin_ds.Translator(OUT, engine="ctranslate2")`` and ``admin-ds translate --engine ctranslate2`` come
+here; the default engine stays our own beam search (``translate.py``). The tokenizers are found and the
+lines encoded as there (``translate.load_tokenizers``, ``translate.encode_sources``), handed to CTranslate2
+as pieces (the vocabulary is the sentencepiece model's pieces in id order, so CTranslate2's ids are ours),
+and decoded back in input order.
 
 The decoding flags map onto CTranslate2's (docs/deploy.md has the table and where semantics differ):
   --beam -> beam_size (1 is greedy search); --lenpen -> length_penalty (both divide the sum of
   log-probabilities by len ** lenpen with EOS counted); the stopping rule is the same at the default
   patience 1 (a sentence ends once ``beam`` hypotheses have ended);
-  --max-len-a/--max-len-b -> max_decoding_length per sentence: sentences are grouped by their cap
-  int(a * src_len + b) (src_len with EOS), one translate_batch call per group, so that a sentence's cap
-  does not depend on its neighbours, as in our beam search; --max-tokens -> max_batch_size with
-  batch_type "tokens". PAD and BOS are suppressed (``suppress_sequences``), EOS is not allowed first
+  --max-len-a/--max-len-b -> max_decoding_length (--caps: see ``hypotheses_ct2``); --max-tokens -> the budget of
+  a batch. PAD and BOS are suppressed (``suppress_sequences``), EOS is not allowed first
   (min_decoding_length 1), as in our search.
+Batching follows CTranslate2's own fast path: sentences sorted by length, cut into batches of at most
+--max-tokens padded tokens, every batch submitted at once (``asynchronous``) so that ``inter_threads``
+workers decode batches in parallel while each uses ``intra_threads`` for its matrix products.
 Differences: CTranslate2 applies these bans before its log-softmax (ours masks after it), and a hypothesis
 that reaches the cap ends there without EOS (ours forces EOS and scores it). Outputs can therefore differ
 where two hypotheses are within rounding of each other or where a sentence reaches its cap.
@@ -24,15 +26,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from admin_ds.checkpoints.ctranslate2_export import CT2_FORMAT, CT2_INFO, import_ctranslate2
-from admin_ds.data import Tokenizer
+from admin_ds.data import token_batches
 from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.translate import encode_sources, load_tokenizers
 from admin_ds.io import read_json_object
 from admin_ds.vocab import SPECIAL_IDS
 
@@ -42,16 +44,18 @@ class CT2Model:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", device_index: int = 0,
                  compute_type: str = "default", threads: int = 0, spm: Optional[str] = None,
-                 tgt_spm: Optional[str] = None):
+                 tgt_spm: Optional[str] = None, inter_threads: int = 1, data: Optional[str] = None):
+        """``threads``: CTranslate2's intra_threads (0: its default); ``inter_threads``: batches decoded in
+        parallel (each worker holds its own copy of the model's activations, not of its weights). The
+        tokenizers: ``spm``/``tgt_spm``, else ``data``'s, else the ones the export carries."""
         self.path = Path(path)
         self.info = read_ct2_info(self.path)
-        src_spm, tgt_spm = spm_paths(self.path, self.info, spm, tgt_spm)
-        self.tokenizer = Tokenizer(src_spm)
-        self.tgt_tokenizer = self.tokenizer if tgt_spm == src_spm else Tokenizer(tgt_spm)
+        self.tokenizer, self.tgt_tokenizer = load_tokenizers(self.path, spm, tgt_spm, data)
         ctranslate2 = import_ctranslate2()
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, device_index=device_index,
-                                                     compute_type=compute_type, intra_threads=threads)
+                                                     compute_type=compute_type, intra_threads=threads,
+                                                     inter_threads=inter_threads)
         except (RuntimeError, ValueError) as err:
             raise UserError(f"CTranslate2 cannot load {self.path}: {str(err).splitlines()[0]}") from None
         self.src_pieces = self.tokenizer.pieces()
@@ -75,20 +79,6 @@ def read_ct2_info(path: Path) -> dict:
     return info
 
 
-def spm_paths(path: Path, info: dict, spm: Optional[str], tgt_spm: Optional[str]) -> tuple[Path, Path]:
-    """--spm/--tgt-spm if given, else the sentencepiece model(s) the export carries."""
-    if spm:
-        return Path(spm), Path(tgt_spm or spm)
-    if tgt_spm:
-        raise UserError("--tgt-spm needs --spm for the source side")
-    entry = info.get("spm_model")
-    if isinstance(entry, str):
-        return path / entry, path / entry
-    if isinstance(entry, dict) and "src" in entry and "tgt" in entry:
-        return path / entry["src"], path / entry["tgt"]
-    raise UserError(f"{path}: the export carries no sentencepiece model; pass --spm PATH")
-
-
 def _target_vocabulary(path: Path) -> list[str]:
     """The target tokens CTranslate2 saved (``target_`` or ``shared_vocabulary.json``), in id order."""
     for name in ("target_vocabulary.json", "shared_vocabulary.json"):
@@ -108,31 +98,58 @@ def decoding_cap(src_len: int, decoding: DecodingConfig, max_positions: int, min
     return max(min_len, min(math.floor(decoding.max_len_a * src_len + decoding.max_len_b), max_positions - 1))
 
 
+CAP_RULES = ("sentence", "batch")
+
+
 def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfig,
                    nbest: int = 1) -> list[list[tuple[list[int], float]]]:
     """For each line its ``nbest`` (target ids, score) pairs, best first, in input order; an empty line
-    gives ``nbest`` empty hypotheses with score 0 (as ``translate.translate_hypotheses``)."""
+    gives ``nbest`` empty hypotheses with score 0 (as ``translate.translate_hypotheses``).
+
+    ``decoding.caps`` says whose length cap int(a * src_len + b) (src_len with EOS) a sentence decodes under:
+    "sentence": its own, as in our beam search (a length-sorted batch is split where the cap changes, so
+    batches hold sentences of one source length); "batch": its batch's longest sentence's, so batches are
+    cut by tokens alone; a sentence may then run a few tokens past its own cap (docs/deploy.md).
+    """
     if not 1 <= nbest <= decoding.beam:
         raise UserError(f"nbest must be between 1 and the beam size {decoding.beam}, got {nbest}")
+    caps = decoding.caps
+    if caps not in CAP_RULES:
+        raise UserError(f"unknown cap rule {caps!r}; choose one of {', '.join(CAP_RULES)}")
     results: list[list[tuple[list[int], float]]] = [[([], 0.0)] * nbest for _ in lines]
-    groups: dict[int, list[tuple[int, list[str]]]] = defaultdict(list)
-    for i, line in enumerate(lines):
-        ids = model.tokenizer.encode(line.strip()) if line.strip() else []
-        if not ids:
-            continue
-        ids = ids[: model.max_positions - 1]
-        groups[decoding_cap(len(ids) + 1, decoding, model.max_positions)].append(
-            (i, [model.src_pieces[t] for t in ids]))
-    for cap, members in sorted(groups.items()):
-        outputs = model.translator.translate_batch(
-            [pieces for _, pieces in members], beam_size=decoding.beam, length_penalty=decoding.lenpen,
-            num_hypotheses=nbest, max_decoding_length=cap, min_decoding_length=1, max_input_length=0,
-            suppress_sequences=model.suppressed, return_scores=True, max_batch_size=decoding.max_tokens,
-            batch_type="tokens")
-        for (i, _), output in zip(members, outputs):
+    sources = encode_sources(model.tokenizer, lines, model.max_positions)
+    indices = list(sources)
+    pending = []
+    for batch in _batches([len(sources[i]) + 1 for i in indices], decoding, model.max_positions, caps):
+        members = [indices[j] for j in batch]
+        cap = max(decoding_cap(len(sources[i]) + 1, decoding, model.max_positions) for i in members)
+        pending.append((members, model.translator.translate_batch(
+            [[model.src_pieces[t] for t in sources[i]] for i in members], beam_size=decoding.beam,
+            length_penalty=decoding.lenpen, num_hypotheses=nbest, max_decoding_length=cap, min_decoding_length=1,
+            max_input_length=0, suppress_sequences=model.suppressed, return_scores=True, asynchronous=True)))
+    for members, outputs in pending:
+        for i, output in zip(members, outputs):
+            output = output.result()
             results[i] = [([model.tgt_index[token] for token in tokens], float(score))
                           for tokens, score in zip(output.hypotheses, output.scores)]
     return results
+
+
+def _batches(lengths: list[int], decoding: DecodingConfig, max_positions: int, caps: str) -> list[list[int]]:
+    """Positions in ``lengths`` (source lengths with EOS) cut into token batches, longest first; with caps
+    "sentence" also wherever the cap changes."""
+    batches = token_batches(lengths, decoding.max_tokens)
+    if caps == "batch":
+        return batches
+    split = []
+    for batch in batches:
+        start = 0
+        for k in range(1, len(batch) + 1):
+            if k == len(batch) or (decoding_cap(lengths[batch[k]], decoding, max_positions)
+                                   != decoding_cap(lengths[batch[start]], decoding, max_positions)):
+                split.append(batch[start:k])
+                start = k
+    return split
 
 
 def translate_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfig,
@@ -142,8 +159,9 @@ def translate_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfi
             for sentence in hypotheses_ct2(model, lines, decoding, nbest)]
 
 
-def load_ct2(checkpoint: str, decoding: DecodingConfig, threads: int = 0) -> CT2Model:
-    """A CT2Model on the device and in the compute type that ``decoding`` asks for."""
+def load_ct2(checkpoint: str, decoding: DecodingConfig, data: Optional[str] = None) -> CT2Model:
+    """A CT2Model on the device and in the compute type that ``decoding`` asks for; ``data``: a prepared
+    dataset whose sentencepiece model(s) to use instead of the ones the export carries."""
     ctranslate2 = import_ctranslate2()
     device = decoding.device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
     kind, _, index = device.partition(":")
@@ -151,4 +169,5 @@ def load_ct2(checkpoint: str, decoding: DecodingConfig, threads: int = 0) -> CT2
         raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     compute_type = "float16" if decoding.fp16 else "bfloat16" if decoding.bf16 else "default"
     return CT2Model(checkpoint, device=kind, device_index=int(index or 0), compute_type=compute_type,
-                    threads=threads, spm=decoding.spm, tgt_spm=decoding.tgt_spm)
+                    threads=decoding.threads, inter_threads=decoding.workers, spm=decoding.spm,
+                    tgt_spm=decoding.tgt_spm, data=data)

@@ -19,7 +19,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from admin_ds.data import ParallelDataset, load_meta
 from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
-from admin_ds.inference.translate import load_tokenizer, load_translator, translate_with
+from admin_ds.inference.translate import load_tokenizer
+from admin_ds.inference.translator import Translator
 from admin_ds.io import read_text_lines
 
 
@@ -61,16 +62,17 @@ def split_text(data: str, split: str) -> tuple[list[str], list[str], str]:
 
 def translate_and_score(checkpoint: str, decoding: DecodingConfig, sources: Sequence[str],
                         references: Sequence[str], tokenize: Optional[str] = None,
-                        data: Optional[str] = None) -> tuple[dict, list[str]]:
-    """Translate ``sources`` with ``checkpoint`` and score them; (the result dict, the translations)."""
+                        data: Optional[str] = None, engine: str = "admin-ds") -> tuple[dict, list[str]]:
+    """Translate ``sources`` with ``checkpoint`` on ``engine`` (``Translator``) and score them; (the result
+    dict, the translations)."""
     if len(sources) != len(references):
         raise UserError(f"{len(sources)} source lines but {len(references)} references")
-    model, tokenizer, tgt_tokenizer = load_translator(checkpoint, decoding.validate(), data)
+    translator = Translator(checkpoint, engine, data=data, decoding=decoding)
     start = time.perf_counter()
-    hyps = translate_with(model, tokenizer, tgt_tokenizer, sources, decoding, progress=None)
+    hyps = translator.translate_nbest(sources, progress=None)
     elapsed = time.perf_counter() - start
     hypotheses = [sentence[0][0] for sentence in hyps]
-    result = {**score(hypotheses, references, tokenize), "checkpoint": str(checkpoint), "beam": decoding.beam,
-              "lenpen": decoding.lenpen, "translate_seconds": round(elapsed, 3),
+    result = {**score(hypotheses, references, tokenize), "checkpoint": str(checkpoint), "engine": engine,
+              "beam": decoding.beam, "lenpen": decoding.lenpen, "translate_seconds": round(elapsed, 3),
               "sentences_per_second": round(len(sources) / max(elapsed, 1e-9), 2)}
     return result, hypotheses

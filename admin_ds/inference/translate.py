@@ -2,8 +2,12 @@
 
 Sentences are SentencePiece-encoded, given an EOS (the source convention of training), sorted by length and
 cut into batches of at most ``max_tokens`` padded source tokens (``admin_ds.data.token_batches``), then
-restored to input order. Empty input lines give empty translations without touching the model. The
-tokenizer of a checkpoint is found by ``admin_ds.checkpoints.rundir.find_spm``.
+restored to input order. Empty input lines give empty translations without touching the model.
+
+Both engines (this one and ``ctranslate2_engine``) find their tokenizers with ``load_tokenizers`` (the rule
+of ``admin_ds.checkpoints.rundir.find_spm``) and encode their sources with ``encode_sources``: one rule for
+which sentencepiece model a checkpoint uses and how a line becomes ids. ``translator.Translator`` is the
+entry point that picks the engine.
 """
 
 from __future__ import annotations
@@ -32,6 +36,33 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(path)
 
 
+def load_tokenizers(checkpoint: str | os.PathLike, spm: Optional[str] = None, tgt_spm: Optional[str] = None,
+                    data: Optional[str] = None) -> tuple[Tokenizer, Tokenizer]:
+    """(source, target) tokenizers of a checkpoint as ``find_spm`` finds them; one object when they are one."""
+    src_spm, tgt_spm_path = find_spm(checkpoint, spm, tgt_spm, data)
+    tokenizer = load_tokenizer(src_spm)
+    return tokenizer, tokenizer if tgt_spm_path == src_spm else load_tokenizer(tgt_spm_path)
+
+
+def encode_sources(tokenizer, lines: Sequence[str], max_positions: int) -> dict[int, list[int]]:
+    """{line index: source ids without EOS} of the non-empty lines; ids are cut to ``max_positions - 1`` so
+    that the EOS both engines append still fits the model's positions (a warning counts the cut lines)."""
+    sources: dict[int, list[int]] = {}
+    truncated = 0
+    for i, line in enumerate(lines):
+        ids = tokenizer.encode(line.strip()) if line.strip() else []
+        if not ids:
+            continue
+        if len(ids) >= max_positions:
+            ids = ids[: max_positions - 1]
+            truncated += 1
+        sources[i] = ids
+    if truncated:
+        logger.warning("%d input line(s) exceed the model's %d positions and were truncated",
+                       truncated, max_positions)
+    return sources
+
+
 def translate_hypotheses(model, tokenizer, lines: Sequence[str], beam: int = 5, lenpen: float = 1.0,
                          max_len_a: float = 1.2, max_len_b: int = 10, nbest: int = 1, max_tokens: int = 4096,
                          tgt_tokenizer=None, progress: Optional[bool] = False,
@@ -52,19 +83,7 @@ def translate_hypotheses(model, tokenizer, lines: Sequence[str], beam: int = 5, 
     device = next(model.parameters()).device
     results: list[list[tuple[str, float]]] = [[("", 0.0)] * nbest for _ in lines]
 
-    sources: dict[int, list[int]] = {}
-    truncated = 0
-    for i, line in enumerate(lines):
-        ids = tokenizer.encode(line.strip()) if line.strip() else []
-        if not ids:
-            continue
-        if len(ids) >= cfg.max_positions:
-            ids = ids[: cfg.max_positions - 1]
-            truncated += 1
-        sources[i] = ids + [cfg.eos_id]
-    if truncated:
-        logger.warning("%d input line(s) exceed the model's %d positions and were truncated",
-                       truncated, cfg.max_positions)
+    sources = {i: ids + [cfg.eos_id] for i, ids in encode_sources(tokenizer, lines, cfg.max_positions).items()}
 
     indices = list(sources)
     batches = token_batches([len(sources[i]) for i in indices], max_tokens)
@@ -124,7 +143,4 @@ def load_translator(checkpoint: str, decoding: DecodingConfig, data: Optional[st
     """(model, source tokenizer, target tokenizer) for a checkpoint and the decoding settings."""
     device = pick_device(decoding.device)
     model = load_for_inference(checkpoint, device, decoding.fp16, decoding.bf16)
-    src_spm, tgt_spm = find_spm(checkpoint, decoding.spm, decoding.tgt_spm, data)
-    tokenizer = load_tokenizer(src_spm)
-    tgt_tokenizer = tokenizer if tgt_spm == src_spm else load_tokenizer(tgt_spm)
-    return model, tokenizer, tgt_tokenizer
+    return (model, *load_tokenizers(checkpoint, decoding.spm, decoding.tgt_spm, data))

@@ -18,10 +18,10 @@ from typing import Optional
 
 from admin_ds.checkpoints.convert import write_converted
 from admin_ds.checkpoints.load import load_model
-from admin_ds.data import PrepareConfig, Tokenizer, load_meta, prepare, write_synthetic_corpus
+from admin_ds.data import PrepareConfig, prepare, write_synthetic_corpus
 from admin_ds.errors import UserError
 from admin_ds.inference.scoring import score
-from admin_ds.inference.translate import translate_lines
+from admin_ds.inference.translator import Translator
 from admin_ds.io import write_json_atomic, write_text_atomic
 from admin_ds.options import option
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
@@ -104,17 +104,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"      {save_dir} ({time.perf_counter() - t:.0f} s)")
 
     t = _step(3, f"translate {cfg.test_lines} test sentences (beam {cfg.beam}) and score with sacrebleu")
-    model = load_model(save_dir)
-    tokenizer = Tokenizer(load_meta(data_dir).src_spm_path)
-    hypotheses = translate_lines(model, tokenizer, _read_test(prefixes["test"], cfg.source_lang, cfg.test_lines),
-                                 beam=cfg.beam)
+    translator = Translator(save_dir, beam=cfg.beam, data=str(data_dir), device="cpu")
+    hypotheses = translator.translate(_read_test(prefixes["test"], cfg.source_lang, cfg.test_lines))
     write_text_atomic(workdir / "test.hyp", "".join(line + "\n" for line in hypotheses))
     result = score(hypotheses, _read_test(prefixes["test"], cfg.target_lang, cfg.test_lines))
     write_json_atomic(workdir / "test_scores.json", result)
     print(f"      BLEU {result['bleu']:.2f}, chrF {result['chrf']:.2f} ({time.perf_counter() - t:.0f} s)")
 
     t = _step(4, "convert to a plain PyTorch Post-LN model (ω folded into the weights)")
-    plain_dir = write_converted(model, save_dir, workdir / "plain", plain=True)  # the model loaded above
+    plain_dir = write_converted(load_model(save_dir), save_dir, workdir / "plain", plain=True)
     print(f"      {plain_dir} ({time.perf_counter() - t:.0f} s)")
 
     _step(5, f"done in {time.perf_counter() - start:.0f} s")
