@@ -146,11 +146,13 @@ def test_runs_under_srun_environment(tmp_path, synthetic_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_exact_resume(tmp_path_factory, synthetic_data, stage):
-    """6 steps straight == 3 steps, save, a new process, load, 3 more: bit-identical losses and weights."""
-    tmp = tmp_path_factory.mktemp(f"resume{stage}")
-    config = ds_config(tmp, stage, "fp32")
+@pytest.mark.parametrize("stage, precision", [(2, "fp32"), (3, "fp32"), (0, "bf16")])
+def test_exact_resume(tmp_path_factory, synthetic_data, stage, precision):
+    """6 steps straight == 3 steps, save, a new process, load, 3 more: bit-identical losses and weights.
+    ZeRO-0 bf16 (ds_configs/cpu_bf16.json, the one-process CPU configuration) keeps its fp32 masters in
+    DeepSpeed's unfused optimizer, not in ZeRO partitions: its resume is checked too."""
+    tmp = tmp_path_factory.mktemp(f"resume{stage}{precision}")
+    config = ds_config(tmp, stage, precision)
     extra = ["--save-interval", "3", "--dropout", "0.1"]
     straight = run_cases(tmp, [{"name": "straight", "argv": train_argv(synthetic_data, tmp / "a", config, 6, *extra)}],
                          "straight")

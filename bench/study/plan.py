@@ -33,7 +33,7 @@ TRAIN_FLAGS = (("encoder_layers", "--encoder-layers"), ("decoder_layers", "--dec
 # settings of runs already started, and so their right to resume, unchanged.
 ADMIN_FLAGS = (("omega_lr_scale", "--omega-lr-scale"),)
 REQUIRED = tuple(name for name, _ in TRAIN_FLAGS) + ("updates", "precision", "average_last", "beam", "score")
-PRECISIONS = {"bf16": "ds_configs/cpu_zero2_bf16.json", "fp32": None}
+PRECISIONS = {"bf16": "ds_configs/cpu_bf16.json", "fp32": None}  # one process: ZeRO-0 bf16 (docs/speed.md)
 
 
 @dataclass(frozen=True)

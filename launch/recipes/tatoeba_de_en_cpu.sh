@@ -27,7 +27,7 @@ if [[ -z "${PRECISION:-}" ]]; then
   if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then PRECISION=bf16; else PRECISION=fp32; fi
 fi
 case "$PRECISION" in
-  bf16) DS_CONFIG="$REPO/ds_configs/cpu_zero2_bf16.json" ;;
+  bf16) DS_CONFIG="$REPO/ds_configs/cpu_bf16.json" ;;  # one process: ZeRO-0 (docs/speed.md)
   fp32) DS_CONFIG="$REPO/ds_configs/cpu_fp32.json" ;;
   *) echo "PRECISION must be bf16 or fp32, not '$PRECISION'" >&2; exit 2 ;;
 esac
