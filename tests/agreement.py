@@ -63,3 +63,18 @@ def assert_decoders_agree(ours: Sequence[Sequence[int]], theirs: Sequence[Sequen
         assert gap <= score_tol, (f"{what}: line {i} differs and is no tie under our model: scores "
                                   f"{score(i, ours[i]):.5f} vs {score(i, theirs[i]):.5f} ({ours[i]} vs {theirs[i]})")
     return differing
+
+
+def assert_ct2_scores_are_ours(model, ct2, atol: float = 1e-4) -> None:
+    """CTranslate2's token log-probabilities of two fixed (source, target) pairs equal our model's (teacher
+    forcing, log_softmax over the whole vocabulary): scoring involves no search, so no ties either.
+    ct2: an admin_ds CT2Model of ``model``'s conversion."""
+    src, tgt = [[5, 9, 12, 7, 3], [17, 4, 3]], [[8, 11, 6, 22, 3], [30, 9, 3]]
+    pieces = ct2.src_pieces
+    scored = ct2.translator.score_batch([[pieces[i] for i in s[:-1]] for s in src],
+                                        [[pieces[i] for i in t[:-1]] for t in tgt])
+    for s, t, result in zip(src, tgt, scored):
+        with torch.no_grad():
+            logits = model(torch.tensor([s]), torch.tensor([[model.cfg.bos_id] + t[:-1]]))  # [1, T, V]
+        ours = torch.log_softmax(logits.float(), -1)[0, torch.arange(len(t)), torch.tensor(t)]
+        assert torch.allclose(torch.tensor(result.log_probs), ours, atol=atol), (result.log_probs, ours)

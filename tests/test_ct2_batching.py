@@ -6,13 +6,12 @@ is tests/test_ctranslate2.py's subject (as far as rounding allows).
 """
 
 import json
-import random
 import shutil
 
 import pytest
 import sacrebleu
-import sentencepiece as spm
 import torch
+from toy_corpus import toy_sentences, train_toy_spm
 
 import admin_ds
 from admin_ds import cli
@@ -27,23 +26,13 @@ from admin_ds.inference.ctranslate2_engine import decoding_cap, hypotheses_ct2  
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WORDS = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
-
-
-def sentences(n, seed):
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8))) for _ in range(n)]
-
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """(folder with ckpt/ (our export) and ct2/ (its CTranslate2 conversion), corpus lines)."""
     root = tmp_path_factory.mktemp("ct2-batching")
-    lines = sentences(300, 0)
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=60,
-                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-                                   hard_vocab_limit=False, minloglevel=2)
+    train_toy_spm(root)
+    lines = toy_sentences(300, 0)
     torch.manual_seed(0)
     write_export(admin_ds.build_model("admin-tiny", dropout=0.0).eval(), root / "ckpt")
     shutil.copy(root / "spm.model", root / "ckpt" / "spm.model")

@@ -9,13 +9,11 @@ differently on every CPU), int8 must keep BLEU within 0.5 of fp32, and bad input
 import copy
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import sacrebleu
-import sentencepiece as spm
 import torch
 
 import admin_ds
@@ -30,7 +28,9 @@ from admin_ds.inference.translate import load_translator, translate_with
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 package is not installed "
                                                         "(pip install ctranslate2; it is in the test extra)")
-from agreement import assert_decoders_agree, model_score  # noqa: E402
+from agreement import assert_ct2_scores_are_ours, assert_decoders_agree, model_score  # noqa: E402
+from cli_util import run_cli  # noqa: E402
+from toy_corpus import train_toy_spm  # noqa: E402
 
 from admin_ds.inference.ctranslate2_engine import CT2Model, hypotheses_ct2, load_ct2, translate_ct2  # noqa: E402
 
@@ -39,15 +39,6 @@ TRAIN_PAIRS = 40_000
 TRAIN_STEPS = 400
 TEST_LINES = 400  # the fixed Tatoeba test subset: lines 0, 40, 80, ... of test.de / test.en
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as stop:  # argparse's own one-line usage errors
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tatoeba_test_subset(side: str) -> list[str]:
@@ -185,13 +176,7 @@ def random_export(tmp_path_factory):
     """admin-tiny with random ω in [1, 2] and a 60-piece sentencepiece model (smaller than the model's 64
     ids: the rest become suppressed placeholders)."""
     root = tmp_path_factory.mktemp("ct2-random")
-    rng = random.Random(0)
-    words = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
-                                               for _ in range(300)) + "\n")
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=60,
-                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-                                   hard_vocab_limit=False, minloglevel=2)
+    train_toy_spm(root)
     torch.manual_seed(0)
     model = admin_ds.build_model("admin-tiny", dropout=0.0).eval()
     with torch.no_grad():
@@ -209,15 +194,7 @@ def test_scores_equal_our_log_probabilities(random_export, capsys):
     assert code == 0, err
     ct2 = CT2Model(root / "ct2", threads=1)
     assert ct2.suppressed[:2] == [["<pad>"], ["<s>"]] and len(ct2.suppressed) == 2 + 64 - 60
-    src, tgt = [[5, 9, 12, 7, 3], [17, 4, 3]], [[8, 11, 6, 22, 3], [30, 9, 3]]
-    pieces = ct2.src_pieces
-    scored = ct2.translator.score_batch([[pieces[i] for i in s[:-1]] for s in src],
-                                        [[pieces[i] for i in t[:-1]] for t in tgt])
-    for s, t, result in zip(src, tgt, scored):
-        with torch.no_grad():
-            logits = model(torch.tensor([s]), torch.tensor([[2] + t[:-1]]))
-        ours = torch.log_softmax(logits.float(), -1)[0, torch.arange(len(t)), torch.tensor(t)]
-        assert torch.allclose(torch.tensor(result.log_probs), ours, atol=1e-4), (result.log_probs, ours)
+    assert_ct2_scores_are_ours(model, ct2)
 
 
 def test_every_quantization_loads_and_translates(random_export):

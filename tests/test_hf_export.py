@@ -15,6 +15,8 @@ import pytest
 import sentencepiece as spm
 import torch
 from agreement import assert_decoders_agree, model_score
+from cli_util import run_cli
+from toy_corpus import train_toy_spm
 
 import admin_ds
 from admin_ds import cli
@@ -26,15 +28,6 @@ transformers = pytest.importorskip("transformers", reason="the transformers pack
                                                           "(pip install 'admin-ds[hf]'; it is in the test extra)")
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 LINES = 60
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as stop:  # argparse's own one-line usage errors
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def load_hf(path):
@@ -76,15 +69,7 @@ def trained(synthetic_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def spm_model(tmp_path_factory):
     """A 60-piece sentencepiece model (smaller than admin-tiny's 64 ids: the rest must be suppressed)."""
-    root = tmp_path_factory.mktemp("hf-spm")
-    rng = random.Random(0)
-    words = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
-                                               for _ in range(300)) + "\n")
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=60,
-                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-                                   hard_vocab_limit=False, minloglevel=2)
-    return root / "spm.model"
+    return train_toy_spm(tmp_path_factory.mktemp("hf-spm"))
 
 
 def random_checkpoint(root, spm_path, residual="admin", **overrides):

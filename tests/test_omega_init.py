@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from agreement import assert_ct2_scores_are_ours
 from test_convert import real_batch, stock_logits
 
 import admin_ds
@@ -167,12 +168,4 @@ def test_ctranslate2_export_scores_as_the_model(logn_run, tmp_path):
     model = admin_ds.load_model(save).eval()
     assert cli_main(["convert", str(save), str(tmp_path / "ct2"), "--format", "ctranslate2"]) == 0
     ct2 = CT2Model(tmp_path / "ct2", threads=1)
-    src, tgt = [[5, 9, 12, 7, 3], [17, 4, 3]], [[8, 11, 6, 22, 3], [30, 9, 3]]
-    pieces = ct2.src_pieces
-    scored = ct2.translator.score_batch([[pieces[i] for i in s[:-1]] for s in src],
-                                        [[pieces[i] for i in t[:-1]] for t in tgt])
-    for s, t, result in zip(src, tgt, scored):
-        with torch.no_grad():
-            logits = model(torch.tensor([s]), torch.tensor([[2] + t[:-1]]))
-        ours = torch.log_softmax(logits.float(), -1)[0, torch.arange(len(t)), torch.tensor(t)]
-        assert torch.allclose(torch.tensor(result.log_probs), ours, atol=1e-4), (result.log_probs, ours)
+    assert_ct2_scores_are_ours(model, ct2)

@@ -7,7 +7,6 @@ tests/agreement.py allows (different batch shapes may round differently), never 
 
 import json
 import os
-import random
 import select
 import shutil
 import subprocess
@@ -16,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 import torch
 from agreement import assert_decoders_agree, model_score
+from toy_corpus import toy_sentences, train_toy_spm
 
 import admin_ds
 from admin_ds import cli
@@ -32,23 +31,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 3
-WORDS = "the a cat dog sees runs big small red blue house tree river eats sleeps and with".split()
-
-
-def sentences(n, seed):
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """admin-tiny with random weights nudged towards EOS (varied output lengths), exported with a 60-piece
     sentencepiece model beside it. Returns (export folder, the model)."""
     root = tmp_path_factory.mktemp("translator")
-    (root / "corpus.txt").write_text("\n".join(sentences(300, 0)) + "\n")
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=60,
-                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-                                   hard_vocab_limit=False, minloglevel=2)
+    train_toy_spm(root)
     torch.manual_seed(0)
     model = admin_ds.build_model("admin-tiny", dropout=0.0).eval()
     eos_row = model.output_proj.weight[EOS].detach()
@@ -68,7 +56,7 @@ def child_env():
 def test_translator_is_our_beam_search_and_gives_nbest_with_scores(export):
     ckpt, model = export
     translator = admin_ds.Translator(ckpt, beam=4, device="cpu")
-    lines = sentences(30, 1) + ["", "   "]
+    lines = toy_sentences(30, 1) + ["", "   "]
     tokenizer = load_tokenizer(ckpt / "spm.model")
     expected = translate_hypotheses(model, tokenizer, lines, beam=4, nbest=3)  # same engine, same batches
     assert translator.translate(lines) == [h[0][0] for h in expected]
@@ -93,7 +81,7 @@ def test_stream_of_chunks_agrees_with_one_call(export):
     """Chunks of 7 lines give what one call gives, up to rounding ties between batch shapes."""
     ckpt, model = export
     translator = Translator(ckpt, beam=3, device="cpu")
-    lines = sentences(40, 2)
+    lines = toy_sentences(40, 2)
     whole = translator.translate_nbest(lines)
     streamed = [h for chunk in translator.translate_stream(chunked(lines, 7)) for h in chunk]
     tokenizer = load_tokenizer(ckpt / "spm.model")
@@ -138,7 +126,7 @@ def test_first_translation_arrives_before_stdin_is_closed(export):
 
 def test_file_output_appears_only_when_complete(export, tmp_path, capsys):
     ckpt, _ = export
-    (tmp_path / "in.txt").write_text("\n".join(sentences(25, 3)) + "\n")
+    (tmp_path / "in.txt").write_text("\n".join(toy_sentences(25, 3)) + "\n")
     code = cli.main(["translate", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.txt"), "--output",
                      str(tmp_path / "out.txt"), "--buffer-size", "4", "--beam", "2", "--device", "cpu"])
     assert code == 0
