@@ -55,7 +55,9 @@ def signal_and_wait(launcher: str, save_dir: Path, proc: subprocess.Popen) -> tu
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_sigterm_saves_at_that_update_and_the_rerun_is_exact(tmp_path, synthetic_data, launcher):
     config = ds_config(tmp_path, 2, "fp32")
-    extra = ("--dropout", "0.1")  # RNG streams matter to the rerun
+    # RNG streams matter to the rerun; the ranks agree at every update (not every 10th, the default), so the
+    # stop lands right after the signal.
+    extra = ("--dropout", "0.1", "--stop-check-interval", "1")
     stopped_dir = tmp_path / "stopped"
     proc = launch(launcher, train_argv(synthetic_data, stopped_dir, config, 100000, *extra))
     logged, output = signal_and_wait(launcher, stopped_dir, proc)
@@ -117,6 +119,12 @@ def test_stop_signals_and_the_agreement():
         assert stop.received == "SIGTERM" and stop.times_received == 2
         assert stop.due(1) and stop.stopped_by == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    stop = StopRequest(("SIGTERM",), 10, None)  # one rank: its own record after every update, no collective
+    with stop.handlers_installed():
+        assert not stop.due(3)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.due(3) and stop.stopped_by == "SIGTERM"  # not only at multiples of 10
 
     # admin-ds train, once stopped, ignores them to its exit (a launcher's late SIGTERM to a rank that saved
     # and is closing must not turn its 75 into a kill).

@@ -132,6 +132,7 @@ def test_file_output_appears_only_when_complete(export, tmp_path, capsys):
     assert code == 0
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 25
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]  # no temporary file left
+    capsys.readouterr()  # the first command's own log lines
     code = cli.main(["translate", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.txt"), "--buffer-size",
                      "0"])
     err = capsys.readouterr().err

@@ -70,8 +70,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging() -> None:
-    """INFO messages on stderr, bare; ``train`` sets its own (rank 0 INFO, the others WARNING)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """INFO messages on stderr, bare; ``train`` sets its own (rank 0 INFO, the others WARNING). ``force``:
+    each command logs to the sys.stderr of its own call, not to one an earlier command in the same process
+    (a test, a notebook) saw and that may be closed since."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

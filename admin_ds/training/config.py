@@ -172,8 +172,9 @@ class FailureConfig:
                                                        "and exits with status 75 (resume by running again)")
     lock_stale_minutes: float = option(10.0, help="a run directory's lock held on another host is taken over "
                                                   "after this long without its heartbeat (one a minute)")
-    stop_check_interval: int = option(1, help="the ranks agree on a stop request every N updates (one small "
-                                              "all-reduce each time)")
+    stop_check_interval: int = option(10, help="with several ranks, they agree on a stop request every N "
+                                               "updates (one small all-reduce and a host read each time; one "
+                                               "rank checks its own flag after every update)")
 
     def validate(self) -> FailureConfig:
         if self.skip_patience < 1:

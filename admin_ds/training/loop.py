@@ -130,7 +130,7 @@ class Trainer:
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
-        self.stop = StopRequest.from_config(self.failure, lambda values: all_reduce_sum(values, self.device))
+        self.stop = StopRequest.from_config(self.failure, lambda v: all_reduce_sum(v, self.device), self.world)
         self.best = BestTracker(self.cfg, partial(write_best_export, self.engine, self.save_dir))  # best/, patience
 
     # --- set-up ---------------------------------------------------------------------------------------

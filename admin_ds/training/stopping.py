@@ -98,16 +98,19 @@ class StopRequest:
     so the config can import it without DeepSpeed)."""
 
     def __init__(self, signal_names: tuple[str, ...], check_interval: int,
-                 sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]):
+                 sum_over_ranks: Optional[Callable[[torch.Tensor], torch.Tensor]]):
         self.signal_names = signal_names
         self.check_interval = check_interval
-        self.sum_over_ranks = sum_over_ranks
+        self.sum_over_ranks = sum_over_ranks  # None: one rank, whose own record decides at every update
         self.stopped_by: Optional[str] = None  # set on every rank once the ranks agree to stop
 
     @classmethod
-    def from_config(cls, failure, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> StopRequest:
-        """From a FailureConfig's ``stop_signals`` and ``stop_check_interval``."""
-        return cls(parse_stop_signals(failure.stop_signals), failure.stop_check_interval, sum_over_ranks)
+    def from_config(cls, failure, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor],
+                    world_size: int) -> StopRequest:
+        """From a FailureConfig's ``stop_signals`` and ``stop_check_interval``. One rank needs no collective:
+        it checks its own record after every update, with no tensor and no host read."""
+        return cls(parse_stop_signals(failure.stop_signals), failure.stop_check_interval,
+                   sum_over_ranks if world_size > 1 else None)
 
     def handlers_installed(self):
         """``stop_signals_caught`` for this run's signals."""
@@ -127,7 +130,12 @@ class StopRequest:
         ``at_end``: the run ends after this update anyway, and so ends as done, not as stopped."""
         if self.stopped_by is not None:
             return True
-        if not self.signal_names or at_end or step % self.check_interval != 0:
+        if not self.signal_names or at_end:
+            return False
+        if self.sum_over_ranks is None:
+            self.stopped_by = self.received
+            return self.stopped_by is not None
+        if step % self.check_interval != 0:
             return False
         mine = torch.zeros(len(STOPPABLE), dtype=torch.float64)
         if self.received is not None:

@@ -63,7 +63,10 @@ def finish_distributed(peers_alive: bool = True) -> None:
     if dist.is_initialized():
         if peers_alive:
             dist.barrier()
-        dist.destroy_process_group()
+        # DeepSpeed's own destroy: it also drops the groups DeepSpeed cached (its clone of the world group);
+        # torch's alone would leave them, and a second run in the same process (a test, a notebook) would
+        # hand DeepSpeed a group of the dead world ("Group ... is not registered").
+        deepspeed.comm.destroy_process_group()
 
 
 def is_collective_failure(err: BaseException) -> bool:
