@@ -70,10 +70,14 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging() -> None:
-    """INFO messages on stderr, bare; ``train`` sets its own (rank 0 INFO, the others WARNING). ``force``:
-    each command logs to the sys.stderr of its own call, not to one an earlier command in the same process
-    (a test, a notebook) saw and that may be closed since."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    """INFO messages on stderr, bare; ``train`` sets its own (rank 0 INFO, the others WARNING). A handler an
+    earlier command in the same process (a test, a notebook) left on a stream that is closed since is dropped
+    first; handlers the caller installed stay, and then decide alone."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
