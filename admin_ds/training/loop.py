@@ -117,7 +117,8 @@ class Trainer:
             resolve_model_config(model, self.save_dir, self.data_info, self.cfg.resume), self.ds_config,
             model.overrides.get("checkpoint_every"))
         self.given_profile = self._given_profile()
-        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, lambda v: all_reduce_sum(v, self.device))
+        sum_over_ranks = partial(all_reduce_sum, device=self.device)  # the run lock's and the stop's collective
+        self.lock = hold_run_directory(self.save_dir, self.rank, self.failure, sum_over_ranks)
         seed_everything(data.seed)
         self.engine = self._build_engine()
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
@@ -130,7 +131,7 @@ class Trainer:
         self.grad_norm: Optional[float] = None
         self.metrics: Optional[MetricsWriter] = None
         self.started = time.perf_counter()
-        self.stop = StopRequest.from_config(self.failure, lambda v: all_reduce_sum(v, self.device), self.world)
+        self.stop = StopRequest.from_config(self.failure, sum_over_ranks, self.world)
         self.best = BestTracker(self.cfg, partial(write_best_export, self.engine, self.save_dir))  # best/, patience
 
     # --- set-up ---------------------------------------------------------------------------------------
