@@ -6,7 +6,7 @@ matmul), paid twice under activation checkpointing. Here one 64-bit random word 
 16-bit uniforms. For fp32 the mask is kept as booleans (a quarter of the memory). For bf16 and fp16 it is
 kept as 1.0 / 0.0 in the activation's dtype, built with integer ops on the uniforms' bits: on a CPU a
 multiply of a bf16 tensor by a boolean one first casts the booleans to bf16, and that cast (in forward and
-again in backward) ran ~50x slower than the bf16 multiply itself (bench/bench_dropout.py). The keep
+again in backward) ran ~50x slower than the bf16 multiply itself (docs/speed.md). The keep
 probability is quantised to 1/65536 and the scale (a Python float, applied in fp32 arithmetic) uses the
 quantised value, so E[dropout(x)] = x holds exactly.
 
