@@ -53,7 +53,7 @@ def test_flop_model_against_a_count_by_hand():
     assert hand_count(cfg, 3, 2) == 6096
     assert batch_training_flops(cfg, [3], [2]) == 6096
     assert training_flops(cfg, 1, 3, 2) == 6096
-    cfg = preset_config("admin-tiny", encoder_layers=3, decoder_layers=2, src_vocab_size=50, tgt_vocab_size=70)
+    cfg = preset_config("admin-tiny", encoder_layers=3, decoder_layers=2, src_vocab_size=70, tgt_vocab_size=70)
     pairs = [(7, 5), (2, 9), (11, 11)]
     assert batch_training_flops(cfg, *zip(*pairs)) == sum(hand_count(cfg, s, t) for s, t in pairs)
     assert training_flops(cfg, 3, 11, 11) == 3 * hand_count(cfg, 11, 11)  # the padded shape counts full rows
