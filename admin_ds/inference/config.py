@@ -29,7 +29,8 @@ class DecodingConfig:
     fp16: bool = option(False, help="decode in float16 (GPU)")
     bf16: bool = option(False, help="decode in bfloat16")
     threads: int = option(0, help="CPU threads (0: the engine's default: torch's; with --engine ctranslate2 "
-                                  "the threads of each worker: 1 when --workers is 0, else CTranslate2's default)")
+                                  "the threads of each worker: 1 when --workers is 0 on the CPU, else "
+                                  "CTranslate2's default)")
     workers: int = option(0, help="--engine ctranslate2: batches decoded in parallel (CTranslate2's "
                                   "inter_threads); 0: on the CPU as many as fit its cores at --threads each "
                                   "(one per core at --threads 1, CTranslate2's throughput setting), on a GPU 1")
