@@ -3,8 +3,9 @@
 The checkpoint is converted twice (``admin-ds convert --format ctranslate2``, without and with
 ``--quantization int8``) into a temporary folder; then five engines translate the same lines (beam, length
 penalty, --max-len-a/b): ours, and each CTranslate2 model twice (``ct2_settings``): with the defaults of
-``--engine ctranslate2`` (the same caps, max tokens per batch and threads as ours) and with CTranslate2's
-throughput settings (``-fast``: caps per batch, one worker per thread, smaller batches). They run one after
+``--engine ctranslate2`` (the same caps and max tokens per batch as ours; one worker of one thread per
+--threads core) and with CTranslate2's throughput settings (``-fast``: those workers, caps per batch,
+smaller batches). They run one after
 the other in each of --repeats rounds (order rotated every round), after one warm-up run each. Figures are
 medians of the rounds' sentences/s, the ratios are taken from the medians, and the spread is the range of
 the per-round ratios. It also reports how many outputs of each CTranslate2 engine equal ours and the BLEU
@@ -126,10 +127,10 @@ def random_checkpoint(arch: str, spm: str, out: Path) -> Path:
 
 
 def ct2_settings(threads: int, fast_max_tokens: int) -> dict[str, dict]:
-    """The CTranslate2 variants measured: the defaults of `admin-ds translate --engine ctranslate2` (each
-    sentence under its own cap, one worker with --threads threads), and CTranslate2's throughput settings
-    (caps per batch, --threads workers of one thread each, smaller token batches)."""
-    return {"": {"threads": threads},
+    """The CTranslate2 variants measured: the defaults of `admin-ds translate --engine ctranslate2` on a
+    machine of --threads cores (each sentence under its own cap, one worker of one thread per core), and
+    CTranslate2's throughput settings (the same workers, caps per batch, smaller token batches)."""
+    return {"": {"workers": threads, "threads": 1},
             "-fast": {"caps": "batch", "workers": threads, "threads": 1, "max_tokens": fast_max_tokens}}
 
 

@@ -11,18 +11,20 @@ import shutil
 import pytest
 import sacrebleu
 import torch
+from cli_util import run_cli
 from toy_corpus import toy_sentences, train_toy_spm
 
 import admin_ds
 from admin_ds import cli
 from admin_ds.checkpoints.convert import convert
 from admin_ds.checkpoints.exports import write_export
+from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
 from admin_ds.inference.translator import Translator
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 package is not installed "
                                                         "(pip install ctranslate2; it is in the test extra)")
-from admin_ds.inference.ctranslate2_engine import decoding_cap, hypotheses_ct2  # noqa: E402
+from admin_ds.inference.ctranslate2_engine import decoding_cap, hypotheses_ct2, workers_and_threads  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +70,7 @@ def test_workers_and_small_batches_keep_the_outputs(converted):
     """Several batches decoded in parallel (--workers 2), in input order, give what one worker gives on
     the same batches; and --caps sentence splits batches only where the cap changes."""
     root, lines = converted
-    one = Translator(root / "ct2", "ctranslate2", beam=3, device="cpu", threads=1, max_tokens=64)
+    one = Translator(root / "ct2", "ctranslate2", beam=3, device="cpu", threads=1, workers=1, max_tokens=64)
     two = Translator(root / "ct2", "ctranslate2", beam=3, device="cpu", threads=1, workers=2, max_tokens=64)
     lines = lines[:80] + [""]
     first = one.translate_nbest(lines, nbest=2)
@@ -95,3 +97,29 @@ def test_evaluate_engine_ctranslate2(converted, tmp_path, capsys):
                      "--ref", str(ref)])
     err = capsys.readouterr().err
     assert code == 2 and "admin_ds_ctranslate2.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_workers_fill_the_cores_at_one_thread_each():
+    """--workers 0 (the default): inter_threads x intra_threads within the cores, one thread each unless
+    --threads says; one worker on a GPU; a --workers given keeps --threads (0: CTranslate2's default)."""
+    assert workers_and_threads(0, 0, "cpu", cores=16) == (16, 1)
+    assert workers_and_threads(0, 4, "cpu", cores=16) == (4, 4)
+    assert workers_and_threads(0, 3, "cpu", cores=2) == (1, 3)
+    assert workers_and_threads(0, 0, "cuda", cores=16) == (1, 0)
+    assert workers_and_threads(2, 0, "cpu", cores=16) == (2, 0)
+    assert DecodingConfig().workers == 0 and DecodingConfig().caps == "sentence"
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+def test_a_bad_cap_rule_or_worker_count_is_one_line_before_anything_loads(command, tmp_path, capsys):
+    """The checkpoint does not exist: the flag is refused before anything would look at it."""
+    missing, text = tmp_path / "no-model", tmp_path / "text.txt"
+    text.write_text("ein satz\n")
+    io = ["--input", text] if command == "translate" else ["--src", text, "--ref", text]
+    for flag, value, words in (("--caps", "bogus", "invalid choice: 'bogus'"), ("--workers", "-1", "--workers")):
+        code, _, err = run_cli(capsys, command, "--checkpoint", missing, "--engine", "ctranslate2", *io,
+                               flag, value)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+        assert str(missing) not in err  # refused for the flag, not for the checkpoint it never looked at
+    with pytest.raises(UserError, match="--caps must be one of sentence, batch, got 'bogus'"):
+        Translator(missing, "ctranslate2", caps="bogus")

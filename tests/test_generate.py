@@ -1,5 +1,7 @@
 """Beam search (admin_ds.generate): greedy equivalence, cache equivalence, scores, n-best, length controls."""
 
+import math
+
 import pytest
 import torch
 from agreement import assert_decoders_agree, model_score
@@ -7,7 +9,9 @@ from torch import nn
 
 import admin_ds
 from admin_ds.errors import UserError
-from admin_ds.inference.beam import generate, make_batch, max_lengths
+from admin_ds.inference.beam import generate, length_cap, make_batch, max_lengths
+from admin_ds.inference.config import DecodingConfig
+from admin_ds.inference.ctranslate2_engine import decoding_cap
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,6 +150,20 @@ def test_max_len_respected():
         assert len(hyp.tokens) == len(row) + 1  # src_len counts the source EOS
     caps = max_lengths(src, PAD, 1.2, 10, limit=12)
     assert caps.tolist() == [min(int(1.2 * len(r) + 10), 12) for r in rows]
+
+
+@pytest.mark.parametrize("max_len_a, max_len_b", [(1.2, 10), (0.0, 4), (1.1, -3), (2.5, 0), (-1.0, 2)])
+def test_both_engines_cap_a_sentence_by_the_one_rule(max_len_a, max_len_b):
+    """Our search's caps (max_lengths over a padded batch) and the CTranslate2 engine's (decoding_cap of one
+    source length) are beam.length_cap's: floor(a * src_len + b) within [1, max_positions - 1]."""
+    max_positions = 24
+    rows = [[5] * (n - 1) + [EOS] for n in range(1, 23)]  # src_len 1..22 with EOS
+    ours = max_lengths(make_batch(rows, PAD), PAD, max_len_a, max_len_b, limit=max_positions - 1).tolist()
+    decoding = DecodingConfig(max_len_a=max_len_a, max_len_b=max_len_b)
+    theirs = [decoding_cap(len(row), decoding, max_positions) for row in rows]
+    expected = [min(max(math.floor(max_len_a * len(row) + max_len_b), 1), max_positions - 1) for row in rows]
+    assert ours == theirs == expected
+    assert ours == [length_cap(len(row), max_len_a, max_len_b, limit=max_positions - 1) for row in rows]
 
 
 def test_batched_equals_one_by_one(model):

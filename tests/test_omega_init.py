@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from agreement import assert_ct2_scores_are_ours
-from test_convert import real_batch, stock_logits
+from stock_reference import real_batch, stock_logits
 
 import admin_ds
 from admin_ds.checkpoints.zero import model_states_file

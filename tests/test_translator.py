@@ -24,7 +24,7 @@ from admin_ds import cli
 from admin_ds.checkpoints.exports import write_export
 from admin_ds.errors import UserError
 from admin_ds.inference.translate import load_tokenizer, translate_hypotheses
-from admin_ds.inference.translator import Translator, chunked
+from admin_ds.inference.translator import Translator
 from admin_ds.io import read_line_chunks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,8 @@ def test_stream_of_chunks_agrees_with_one_call(export):
     translator = Translator(ckpt, beam=3, device="cpu")
     lines = toy_sentences(40, 2)
     whole = translator.translate_nbest(lines)
-    streamed = [h for chunk in translator.translate_stream(chunked(lines, 7)) for h in chunk]
+    chunks = (lines[start: start + 7] for start in range(0, len(lines), 7))
+    streamed = [h for chunk in translator.translate_stream(chunks) for h in chunk]
     tokenizer = load_tokenizer(ckpt / "spm.model")
     sources = [tokenizer.encode(line) + [EOS] for line in lines]
     assert_decoders_agree([tokenizer.encode(h[0][0]) for h in whole], [tokenizer.encode(h[0][0]) for h in streamed],

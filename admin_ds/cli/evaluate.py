@@ -62,9 +62,10 @@ def main(args: argparse.Namespace) -> int:
             raise UserError("--hyp needs --ref FILE")
         result = score(read_text_lines(args.hyp, "--hyp"), read_text_lines(args.ref, "--ref"), args.tokenize)
     elif args.checkpoint:
+        decoding = options_from_args(DecodingConfig, args)  # the flags are checked before any file is read
         sources, references, text_from = _texts(args)
-        result, hypotheses = translate_and_score(args.checkpoint, options_from_args(DecodingConfig, args),
-                                                 sources, references, args.tokenize, args.data, args.engine)
+        result, hypotheses = translate_and_score(args.checkpoint, decoding, sources, references, args.tokenize,
+                                                 args.data, args.engine)
         result.update(text_from=text_from, split=None if args.src else args.split)
         if args.write_hyp:
             write_output_text(args.write_hyp, "".join(h + "\n" for h in hypotheses))

@@ -21,6 +21,7 @@ Shape legend: B sentences, K beam, N = B * K hypothesis rows, S source time, t d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,12 +50,19 @@ class Hypothesis:
         return float(self.positional_scores.sum())
 
 
+def length_cap(src_len: int, max_len_a: float, max_len_b: int, limit: int, min_len: int = 1) -> int:
+    """The cap on one sentence's generated tokens (EOS not counted): floor(a * src_len + b), raised to
+    ``min_len`` and then lowered to ``limit``; ``src_len`` counts the source's tokens with its EOS. The one
+    statement of the rule: our search (``max_lengths``) and the CTranslate2 engine both call it."""
+    return min(max(math.floor(max_len_a * src_len + max_len_b), min_len), limit)
+
+
 def max_lengths(src_tokens: torch.Tensor, pad_id: int, max_len_a: float, max_len_b: int, limit: int,
                 min_len: int = 1) -> torch.Tensor:
-    """Per-sentence cap on generated tokens (EOS not counted): [B] long, within [min_len, limit]."""
-    src_len = src_tokens.ne(pad_id).sum(dim=1).double()  # [B]
-    caps = (max_len_a * src_len + max_len_b).floor().long()
-    return caps.clamp(min=min_len, max=limit)
+    """``length_cap`` of every sentence of ``src_tokens`` [B, S] (right-padded with ``pad_id``): [B] long,
+    on the CPU (the search keeps its bookkeeping there)."""
+    src_len = src_tokens.ne(pad_id).sum(dim=1).tolist()  # [B]
+    return torch.tensor([length_cap(n, max_len_a, max_len_b, limit, min_len) for n in src_len], dtype=torch.long)
 
 
 @dataclass

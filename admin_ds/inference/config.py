@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from admin_ds.errors import UserError
 from admin_ds.options import option
+
+# --caps: whose length cap a sentence decodes under with --engine ctranslate2 (ctranslate2_engine.py). The
+# flag's choices and validate() (the Python entry points' check) both read this tuple.
+CAP_RULES = ("sentence", "batch")
 
 
 @dataclass
@@ -23,11 +28,13 @@ class DecodingConfig:
     device: Optional[str] = option(None, help="cpu, cuda or cuda:N (default: cuda when available)")
     fp16: bool = option(False, help="decode in float16 (GPU)")
     bf16: bool = option(False, help="decode in bfloat16")
-    threads: int = option(0, help="CPU threads (0: the engine's default: torch's, or CTranslate2's); with "
-                                  "--engine ctranslate2 the threads of each worker")
-    workers: int = option(1, help="--engine ctranslate2: batches decoded in parallel (CTranslate2's "
-                                  "inter_threads; for throughput on N cores: --workers N --threads 1)")
-    caps: str = option("sentence", choices=("sentence", "batch"),
+    threads: int = option(0, help="CPU threads (0: the engine's default: torch's; with --engine ctranslate2 "
+                                  "the threads of each worker: 1 when --workers is 0 on the CPU, else "
+                                  "CTranslate2's default)")
+    workers: int = option(0, help="--engine ctranslate2: batches decoded in parallel (CTranslate2's "
+                                  "inter_threads); 0: on the CPU as many as fit its cores at --threads each "
+                                  "(one per core at --threads 1, CTranslate2's throughput setting), on a GPU 1")
+    caps: str = option("sentence", choices=CAP_RULES,
                        help="--engine ctranslate2: the length cap (--max-len-a/b) of a sentence is its own, as in "
                             "our beam search (sentence), or its batch's longest sentence's (batch: larger "
                             "batches, faster; docs/deploy.md)")
@@ -35,14 +42,16 @@ class DecodingConfig:
     def validate(self) -> DecodingConfig:
         if self.beam < 1:
             raise UserError(f"--beam must be at least 1, got {self.beam}")
+        if not math.isfinite(self.max_len_a):
+            raise UserError(f"--max-len-a must be a finite number, got {self.max_len_a}")
         if self.max_tokens < 1:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
         if self.threads < 0:
             raise UserError(f"--threads must be 0 (the default) or more, got {self.threads}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {self.workers}")
-        if self.caps not in ("sentence", "batch"):
-            raise UserError(f"--caps must be sentence or batch, got {self.caps!r}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 (one per core) or more, got {self.workers}")
+        if self.caps not in CAP_RULES:
+            raise UserError(f"--caps must be one of {', '.join(CAP_RULES)}, got {self.caps!r}")
         if self.fp16 and self.bf16:
             raise UserError("choose one of --fp16 and --bf16")
         return self

@@ -15,7 +15,8 @@ The decoding flags map onto CTranslate2's (docs/deploy.md has the table and wher
   (min_decoding_length 1), as in our search.
 Batching follows CTranslate2's own fast path: sentences sorted by length, cut into batches of at most
 --max-tokens padded tokens, every batch submitted at once (``asynchronous``) so that ``inter_threads``
-workers decode batches in parallel while each uses ``intra_threads`` for its matrix products.
+workers decode batches in parallel while each uses ``intra_threads`` for its matrix products (--workers and
+--threads; by default one worker per CPU core with one thread each: ``workers_and_threads``).
 Differences: CTranslate2 applies these bans before its log-softmax (ours masks after it), and a hypothesis
 that reaches the cap ends there without EOS (ours forces EOS and scores it). Outputs can therefore differ
 where two hypotheses are within rounding of each other or where a sentence reaches its cap.
@@ -24,7 +25,6 @@ where two hypotheses are within rounding of each other or where a sentence reach
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Optional
 from admin_ds.checkpoints.ctranslate2_export import CT2_FORMAT, CT2_INFO, import_ctranslate2
 from admin_ds.data import token_batches
 from admin_ds.errors import UserError
+from admin_ds.inference.beam import length_cap
 from admin_ds.inference.config import DecodingConfig
 from admin_ds.inference.translate import encode_sources, load_tokenizers
 from admin_ds.io import read_json_object
@@ -93,12 +94,10 @@ def _target_vocabulary(path: Path) -> list[str]:
     raise UserError(f"{path}: no target_vocabulary.json or shared_vocabulary.json")
 
 
-def decoding_cap(src_len: int, decoding: DecodingConfig, max_positions: int, min_len: int = 1) -> int:
-    """Our beam search's cap on generated tokens (EOS not counted), ``beam.max_lengths`` for one sentence."""
-    return max(min_len, min(math.floor(decoding.max_len_a * src_len + decoding.max_len_b), max_positions - 1))
-
-
-CAP_RULES = ("sentence", "batch")
+def decoding_cap(src_len: int, decoding: DecodingConfig, max_positions: int) -> int:
+    """The cap on generated tokens (EOS not counted) of a source of ``src_len`` tokens with EOS: our beam
+    search's rule (``beam.length_cap``) under ``decoding``'s --max-len-a/b and the model's positions."""
+    return length_cap(src_len, decoding.max_len_a, decoding.max_len_b, limit=max_positions - 1)
 
 
 def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConfig,
@@ -106,21 +105,19 @@ def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConf
     """For each line its ``nbest`` (target ids, score) pairs, best first, in input order; an empty line
     gives ``nbest`` empty hypotheses with score 0 (as ``translate.translate_hypotheses``).
 
-    ``decoding.caps`` says whose length cap int(a * src_len + b) (src_len with EOS) a sentence decodes under:
-    "sentence": its own, as in our beam search (a length-sorted batch is split where the cap changes, so
-    batches hold sentences of one source length); "batch": its batch's longest sentence's, so batches are
-    cut by tokens alone; a sentence may then run a few tokens past its own cap (docs/deploy.md).
+    ``decoding.caps`` (one of ``config.CAP_RULES``, checked by ``DecodingConfig.validate``) says whose length
+    cap int(a * src_len + b) (src_len with EOS) a sentence decodes under: "sentence": its own, as in our beam
+    search (a length-sorted batch is split where the cap changes, so batches hold sentences of one source
+    length); "batch": its batch's longest sentence's, so batches are cut by tokens alone; a sentence may then
+    run a few tokens past its own cap (docs/deploy.md).
     """
     if not 1 <= nbest <= decoding.beam:
         raise UserError(f"nbest must be between 1 and the beam size {decoding.beam}, got {nbest}")
-    caps = decoding.caps
-    if caps not in CAP_RULES:
-        raise UserError(f"unknown cap rule {caps!r}; choose one of {', '.join(CAP_RULES)}")
     results: list[list[tuple[list[int], float]]] = [[([], 0.0)] * nbest for _ in lines]
     sources = encode_sources(model.tokenizer, lines, model.max_positions)
     indices = list(sources)
     pending = []
-    for batch in _batches([len(sources[i]) + 1 for i in indices], decoding, model.max_positions, caps):
+    for batch in _batches([len(sources[i]) + 1 for i in indices], decoding, model.max_positions):
         members = [indices[j] for j in batch]
         cap = max(decoding_cap(len(sources[i]) + 1, decoding, model.max_positions) for i in members)
         pending.append((members, model.translator.translate_batch(
@@ -135,11 +132,11 @@ def hypotheses_ct2(model: CT2Model, lines: Sequence[str], decoding: DecodingConf
     return results
 
 
-def _batches(lengths: list[int], decoding: DecodingConfig, max_positions: int, caps: str) -> list[list[int]]:
+def _batches(lengths: list[int], decoding: DecodingConfig, max_positions: int) -> list[list[int]]:
     """Positions in ``lengths`` (source lengths with EOS) cut into token batches, longest first; with caps
     "sentence" also wherever the cap changes."""
     batches = token_batches(lengths, decoding.max_tokens)
-    if caps == "batch":
+    if decoding.caps == "batch":
         return batches
     split = []
     for batch in batches:
@@ -168,6 +165,26 @@ def load_ct2(checkpoint: str, decoding: DecodingConfig, data: Optional[str] = No
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
         raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     compute_type = "float16" if decoding.fp16 else "bfloat16" if decoding.bf16 else "default"
+    workers, threads = workers_and_threads(decoding.workers, decoding.threads, kind, usable_cores())
     return CT2Model(checkpoint, device=kind, device_index=int(index or 0), compute_type=compute_type,
-                    threads=decoding.threads, inter_threads=decoding.workers, spm=decoding.spm,
-                    tgt_spm=decoding.tgt_spm, data=data)
+                    threads=threads, inter_threads=workers, spm=decoding.spm, tgt_spm=decoding.tgt_spm, data=data)
+
+
+def workers_and_threads(workers: int, threads: int, device: str, cores: int) -> tuple[int, int]:
+    """(inter_threads, intra_threads) for --workers and --threads. --workers 0 (the default) on the CPU:
+    as many workers as fit ``cores`` at --threads each (1 thread unless set), following CTranslate2's advice
+    that inter_threads x intra_threads stay within the cores, one thread per worker being its throughput
+    setting; on a GPU one worker. A --workers given keeps --threads as it is (0: CTranslate2's default)."""
+    if workers:
+        return workers, threads
+    if device != "cpu":
+        return 1, threads
+    threads = threads or 1
+    return max(1, cores // threads), threads
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

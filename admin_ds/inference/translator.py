@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice
 from typing import Optional
 
 import torch
@@ -33,7 +32,7 @@ class Translator:
     """A loaded model and its tokenizers; translates lists of lines, or a stream of them in chunks.
 
     ``settings`` are the fields of ``DecodingConfig`` (beam, lenpen, max_len_a, max_len_b, max_tokens, spm,
-    tgt_spm, device, fp16, bf16, threads), with its defaults. ``data``: a prepared dataset whose
+    tgt_spm, device, fp16, bf16, threads, workers, caps), with its defaults. ``data``: a prepared dataset whose
     sentencepiece model(s) to use (our engine; the CTranslate2 export carries its own).
     """
 
@@ -83,15 +82,6 @@ class Translator:
 
     def __repr__(self) -> str:
         return f"Translator({self.path!r}, engine={self.engine!r}, beam={self.decoding.beam})"
-
-
-def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Lines in lists of ``size`` (the last may be shorter), for ``Translator.translate_stream``."""
-    if size < 1:
-        raise UserError(f"the chunk size must be at least 1 line, got {size}")
-    iterator = iter(lines)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 def _decoding_config(decoding: Optional[DecodingConfig], settings: dict) -> DecodingConfig:

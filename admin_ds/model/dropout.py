@@ -27,35 +27,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LEVELS = 1 << 16
+_LEVELS = 1 << 16  # values a 16-bit uniform takes; p is quantised to whole levels (1/65536)
+_INT16_MIN = -(1 << 15)
 # The bit pattern of 1.0 in each 16-bit float dtype that gets its mask as numbers.
 _ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}
 
 
 def _uniforms(numel: int, device: torch.device) -> torch.Tensor:
-    """[numel] int16 uniforms in [-32768, 32767], four from each 64-bit random word."""
+    """[numel] int16, each of the 65536 values in [-32768, 32767] equally likely: the four 16-bit quarters
+    of ceil(numel / 4) random 64-bit words."""
     # random_(min, None) fills all 64 bits with no modulo (randint's range arithmetic costs ~15% more).
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
     return words.view(torch.int16)[:numel]
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A boolean mask of ``shape`` with P(True) = 1 - p (p rounded to 1/65536) and the matching scale."""
+def _drop_rule(p: float) -> tuple[int, float]:
+    """(threshold, scale) for drop probability ``p``: an element whose uniform is below ``threshold`` is
+    dropped, the others are kept and multiplied by ``scale``.
+
+    The drop_levels = round(p * 65536) smallest of the 65536 int16 values, [-32768, threshold), drop: P(drop)
+    is p rounded to 1/65536, and scale = 1 / P(keep) = 65536 / (65536 - drop_levels) is exact for it."""
     drop_levels = round(p * _LEVELS)
-    mask = _uniforms(shape.numel(), device).ge(drop_levels - _LEVELS // 2).view(shape)
-    return mask, _LEVELS / (_LEVELS - drop_levels)
+    return _INT16_MIN + drop_levels, _LEVELS / (_LEVELS - drop_levels)
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """(keep, scale): ``keep`` a boolean mask of ``shape`` (the activation's, e.g. [batch, time, dim]),
+    True with probability 1 - p (``_drop_rule``)."""
+    threshold, scale = _drop_rule(p)
+    keep = _uniforms(shape.numel(), device).ge(threshold)  # [numel]
+    return keep.view(shape), scale
 
 
 def keep_mask_as(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-    """``keep_mask``'s draws and decisions as 1.0 / 0.0 of a 16-bit float ``dtype`` (a key of _ONE_BITS).
-    Needs p >= 1/65536 (Dropout sends smaller ones to F.dropout)."""
-    drop_levels = round(p * _LEVELS)
-    threshold = drop_levels - _LEVELS // 2  # keep where uniform >= threshold
-    bits = _uniforms(shape.numel(), device)
-    # Clamped to {threshold - 1, threshold}, shifted to {0, 1}, times 1.0's bit pattern: the float 0.0 or
-    # 1.0, in three in-place int16 passes that never overflow (threshold - 1 >= -32768 as drop_levels >= 1).
-    bits.clamp_(threshold - 1, threshold).sub_(threshold - 1).mul_(_ONE_BITS[dtype])
-    return bits.view(dtype).view(shape), _LEVELS / (_LEVELS - drop_levels)
+    """(keep, scale): ``keep_mask``'s draws and decisions as 1.0 / 0.0 of the 16-bit float ``dtype`` (a key of
+    _ONE_BITS), of ``shape`` (e.g. [batch, time, dim]). Needs p >= 1/65536 (Dropout sends smaller ones to
+    F.dropout)."""
+    threshold, scale = _drop_rule(p)
+    uniforms = _uniforms(shape.numel(), device)  # [numel] int16
+    # Three in-place int16 passes and no boolean tensor, so no bool -> float cast (see the module docstring):
+    #   clamp to [threshold - 1, threshold]: threshold - 1 where dropped (uniform < threshold), threshold where kept;
+    #   minus (threshold - 1): 0 where dropped, 1 where kept, keep_mask's decisions;
+    #   times 1.0's bit pattern: the bits of 0.0 and of 1.0, read as ``dtype`` in place.
+    # Nothing overflows: threshold - 1 >= -32768 as drop_levels >= 1, and 1 * _ONE_BITS[dtype] < 32768.
+    zero_or_one = uniforms.clamp_(threshold - 1, threshold).sub_(threshold - 1)
+    bits = zero_or_one.mul_(_ONE_BITS[dtype])
+    return bits.view(dtype).view(shape), scale
 
 
 class _Tape(threading.local):
