@@ -8,7 +8,7 @@ A directory written by `admin-ds prepare --out DIR` holds:
     DIR/spm.TGT.model
     DIR/SPLIT.LANG.bin         token ids of every kept sentence, concatenated, no BOS/EOS   [total_tokens]
     DIR/SPLIT.LANG.idx         int64 offsets into the .bin; sentence i is bin[idx[i]:idx[i+1]]   [n + 1]
-    DIR/raw/SPLIT.LANG         a copy of the raw text of the valid and test splits, both sides, every line
+    DIR/SPLIT.LANG.txt         a copy of the raw text of the valid and test splits, both sides, every line
 
 for SPLIT in train, valid (and test when given) and LANG in the two languages. The .bin files use the
 smallest unsigned integer type that holds every id (`meta["dtype"]`), so they can be memory-mapped as is.
@@ -25,7 +25,7 @@ meta.json:
                           "dropped": {"empty": ..., "too_long": ...}}, ...},
      "dropped": {"empty": ..., "too_long": ...},
      "spm_trained": true, "model_type": "bpe",
-     "raw": {"valid": {"src": "raw/valid.de", "tgt": "raw/valid.en"}, "test": {...}}}
+     "raw": {"valid": {"src": "valid.de.txt", "tgt": "valid.en.txt"}, "test": {...}}}
 
 "raw" names the raw text that BLEU is scored against (`admin-ds evaluate --data --split`, `train --eval-bleu`).
 `prepare` copies the valid and test files into DIR, so the paths are relative to DIR and the folder can move
@@ -49,7 +49,6 @@ FORMAT_NAME = "admin-ds-binarized"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 DROP_REASONS = ("empty", "too_long")
-RAW_DIR = "raw"
 RAW_SPLITS = ("valid", "test")  # the splits whose raw text `prepare` copies: scoring needs them, training does not
 
 
@@ -62,8 +61,8 @@ def offset_file(data_dir: Path, split: str, lang: str) -> Path:
 
 
 def raw_file(data_dir: Path, split: str, lang: str) -> Path:
-    """Where `prepare` copies a split's raw text: DIR/raw/SPLIT.LANG."""
-    return Path(data_dir) / RAW_DIR / f"{split}.{lang}"
+    """Where `prepare` copies a split's raw text: DIR/SPLIT.LANG.txt."""
+    return Path(data_dir) / f"{split}.{lang}.txt"
 
 
 def spm_file_names(source_lang: str, target_lang: str, joint: bool) -> dict[str, str]:

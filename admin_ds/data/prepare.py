@@ -218,7 +218,7 @@ def _build(config: PrepareConfig, tmp_dir: Path) -> dict:
 
 def _copy_raw_text(config: PrepareConfig, tmp_dir: Path) -> dict:
     """Copy the valid and test splits' raw text (both sides, every line, dropped pairs included) into
-    DIR/raw/, where BLEU finds its references: a copy, not the input's path, so that the prepared folder can
+    DIR/SPLIT.LANG.txt, where BLEU finds its references: a copy, not the input's path, so that the prepared folder can
     move, and the references cannot change under it. Returns meta.json's "raw" (paths relative to DIR)."""
     raw = {}
     for name, prefix in config.splits.items():
@@ -227,9 +227,8 @@ def _copy_raw_text(config: PrepareConfig, tmp_dir: Path) -> dict:
         files = {}
         for side, path in zip(("src", "tgt"), parallel_paths(prefix, config.source_lang, config.target_lang)):
             target = layout.raw_file(tmp_dir, name, config.target_lang if side == "tgt" else config.source_lang)
-            target.parent.mkdir(exist_ok=True)
             shutil.copyfile(path, target)
-            files[side] = target.relative_to(tmp_dir).as_posix()
+            files[side] = target.name
         raw[name] = files
     return raw
 

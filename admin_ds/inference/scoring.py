@@ -2,7 +2,7 @@
 
 The source and reference text of a prepared dataset's split come from the raw text files it names in
 meta.json as ``"raw": {SPLIT: {"src": path, "tgt": path}}`` (``prepare`` copies the valid and test files
-into DIR/raw/; docs/contracts.md §4), or, for a dataset prepared before that, from the binarised split
+into DIR/SPLIT.LANG.txt; docs/contracts.md §4), or, for a dataset prepared before that, from the binarised split
 itself, decoded with the dataset's sentencepiece models. The latter is detokenised text (after
 sentencepiece's normalisation, without pairs ``prepare`` dropped), so its BLEU is not comparable with
 published figures; ``split_text`` says which one it used.
