@@ -51,8 +51,8 @@ def evaluate(capsys, checkpoint: Path, data: Path) -> dict:
     return json.loads(captured.out)
 
 
-def expected_stop(bleus: list[tuple[int, float]], patience: int) -> tuple[int, int]:
-    """(the update patience ends the run at, or the last one; the best update then), higher BLEU better."""
+def expected_stop(bleus: list[tuple[int, float]], patience: int) -> tuple[int, int, bool]:
+    """(the update the run ends at, the best update then, whether patience ended it), higher BLEU better."""
     best, best_step, since = -1.0, None, 0
     for step, bleu in bleus:
         if bleu > best:
@@ -60,8 +60,8 @@ def expected_stop(bleus: list[tuple[int, float]], patience: int) -> tuple[int, i
         else:
             since += 1
             if since == patience:
-                return step, best_step
-    return bleus[-1][0], best_step
+                return step, best_step, True
+    return bleus[-1][0], best_step, False
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +87,23 @@ def test_bleu_rows_equal_evaluate_on_their_checkpoints(bleu_run, synthetic_data,
 def test_best_and_patience_follow_bleu(bleu_run):
     save, _ = bleu_run
     found = validations(save)
-    stop, best_step = expected_stop([(row["step"], row["bleu"]) for row in found], PATIENCE)
+    stop, best_step, patience_ran_out = expected_stop([(row["step"], row["bleu"]) for row in found], PATIENCE)
     assert found[-1]["step"] == stop and (save / "latest").read_text() == f"global_step{stop}"
-    assert found[-1].get("early_stop", False) == (stop < STEPS)
+    assert found[-1].get("early_stop", False) == patience_ran_out and (patience_ran_out or stop == STEPS)
     assert found[-1]["best_step"] == best_step
     best = json.loads((save / "best" / "config.json").read_text())["best"]
     assert best == {"step": best_step, "metric": "bleu", "value": max(row["bleu"] for row in found)}
     exported = read_export(save / "best").state_dict()
     at_best = read_deepspeed_checkpoint(save, f"global_step{best_step}")[0].state_dict()
     assert all(torch.equal(exported[key], at_best[key]) for key in at_best)
+
+
+@pytest.mark.slow
+def test_plot_draws_bleu_and_chrf(bleu_run, tmp_path, capsys):
+    save, _ = bleu_run
+    assert cli_main(["plot", str(save), "--out", str(tmp_path / "figs")]) == 0, capsys.readouterr().err
+    for name in ("bleu.png", "chrf.png"):
+        assert (tmp_path / "figs" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
 
 
 @pytest.mark.slow
@@ -117,15 +125,19 @@ def test_resume_keeps_best_bleu_and_patience_count(bleu_run, synthetic_data, tmp
 
 @pytest.mark.slow
 def test_two_ranks_share_the_lines_and_score_what_one_process_scores(tmp_path, synthetic_data, capsys):
-    save = tmp_path / "two"
-    argv = train_argv(synthetic_data, save, ds_config(tmp_path, 0, "fp32"), 8, "--save-interval", "4",
-                      "--validate-interval", "4", *BLEU_FLAGS)
-    run_cases(tmp_path, [{"name": "bleu", "argv": argv}], "two")
-    found = validations(save)
-    assert [row["step"] for row in found] == [4, 8]
-    for row in found:
-        result = evaluate(capsys, save / f"global_step{row['step']}", synthetic_data)
-        assert abs(result["bleu"] - row["bleu"]) <= 0.01 and abs(result["chrf"] - row["chrf"]) <= 0.01, row
+    """ZeRO-0 decodes with the engine's module, ZeRO-3 with a copy of the gathered weights."""
+    cases = [{"name": f"z{stage}", "argv": train_argv(synthetic_data, tmp_path / f"z{stage}",
+                                                      ds_config(tmp_path, stage, "fp32"), 8, "--save-interval", "4",
+                                                      "--validate-interval", "4", "--lr", "5e-2", *BLEU_FLAGS)}
+             for stage in (0, 3)]
+    run_cases(tmp_path, cases, "two")
+    for stage in (0, 3):
+        save = tmp_path / f"z{stage}"
+        found = validations(save)
+        assert [row["step"] for row in found] == [4, 8]
+        for row in found:
+            result = evaluate(capsys, save / f"global_step{row['step']}", synthetic_data)
+            assert abs(result["bleu"] - row["bleu"]) <= 0.01 and abs(result["chrf"] - row["chrf"]) <= 0.01, row
 
 
 def test_lines_are_dealt_by_length_and_cover_every_line():
@@ -133,7 +145,7 @@ def test_lines_are_dealt_by_length_and_cover_every_line():
     shares = [shard(lengths, rank, 3) for rank in range(3)]
     assert sorted(i for share in shares for i in share) == list(range(7))
     assert all(share == sorted(share) for share in shares)
-    assert shares == [[0, 1, 3], [4, 5, 6], [2]]  # by length: 1 6 3 4 0 5 2, dealt 3 ways
+    assert shares == [[1, 2, 4], [0, 6], [3, 5]]  # by length: 1 6 3 4 0 5 2, dealt 3 ways
     assert shard(lengths, 0, 1) == list(range(7))  # one rank: every line, in input order
 
 
