@@ -23,12 +23,12 @@ from admin_ds.training.validation_bleu import shard
 
 from launch_util import REPO, launcher_env
 
-STEPS, EVERY, PATIENCE = 40, 4, 2
+STEPS, EVERY, PATIENCE = 200, 20, 2  # admin-tiny learns the toy task slowly enough that BLEU goes up and down
 LINES, BEAM = 24, 2
 BLEU_FLAGS = ("--eval-bleu", "--eval-bleu-lines", str(LINES), "--eval-bleu-beam", str(BEAM))
-RUN_FLAGS = ("--arch", "admin-tiny", "--max-tokens", "300", "--log-interval", str(EVERY), "--save-interval",
-             str(EVERY), "--validate-interval", str(EVERY), "--keep-last", "100", "--lr", "5e-2", "--warmup-updates",
-             "2", "--no-tensorboard", *BLEU_FLAGS, "--best-metric", "bleu", "--patience", str(PATIENCE))
+RUN_FLAGS = ("--arch", "admin-tiny", "--max-tokens", "1000", "--log-interval", str(EVERY), "--save-interval",
+             str(EVERY), "--validate-interval", str(EVERY), "--keep-last", "100", "--lr", "1e-2", "--warmup-updates",
+             "10", "--no-tensorboard", *BLEU_FLAGS, "--best-metric", "bleu", "--patience", str(PATIENCE))
 
 
 def train(data: Path, save_dir: Path, steps: int) -> subprocess.CompletedProcess:
@@ -75,7 +75,7 @@ def test_bleu_rows_equal_evaluate_on_their_checkpoints(bleu_run, synthetic_data,
     save, proc = bleu_run
     found = validations(save)
     assert found and all({"bleu", "chrf", "best_bleu"} <= set(row) for row in found)
-    assert any(row["bleu"] > 1.0 for row in found), [row["bleu"] for row in found]  # not all zero: a real check
+    assert any(row["bleu"] > 0.5 for row in found), [row["bleu"] for row in found]  # not all zero: a real check
     for row in found:
         result = evaluate(capsys, save / f"global_step{row['step']}", synthetic_data)
         assert result["text_from"] == "raw" and result["n_sentences"] == LINES
