@@ -19,7 +19,7 @@ the RSS, and the difference is the step's own peak (activations, gradients, auto
 VmHWM from /proc rather than getrusage's ru_maxrss, which a child inherits from its (bigger) parent.
 Runs with torch.set_num_threads(2) (the CI machine).
 
-It also prints the step's achieved FLOP/s (the model FLOPs of bench/flops.py over our median step time)
+It also prints the step's achieved FLOP/s (the model FLOPs of admin_ds/model/flops.py over our median step time)
 as a share of this machine's matmul FLOP/s at the model's own product shapes, measured in the same run
 (bench/matmul_rate.py): the part of the step that is not matrix work shows as the gap to 1.
 """
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from admin_ds.model import ModelConfig, TranslationModel, preset_config
-from bench.flops import training_flops
+from admin_ds.model.flops import training_flops
 from bench.gpu.stock import StockTransformer
 from bench.matmul_rate import model_shapes_matmul_rate
 
@@ -151,7 +151,7 @@ def bench(name: str, reps: int, warmup: int, steps: int) -> dict:
         yardstick.append(rate["flop_per_s"])
     medians = {side: statistics.median(s) for side, s in seconds.items()}
     memory = {side: memory_of(side, name) for side in models}
-    # Achieved FLOP/s (the model's matmul FLOPs, bench/flops.py) against the machine's at the same shapes,
+    # Achieved FLOP/s (the model's matmul FLOPs, admin_ds/model/flops.py) against the machine's at the same shapes,
     # one ratio per repetition (both measured back to back), then their median.
     step_flops = training_flops(models["ours"].cfg, BATCH, SRC_LEN, TGT_LEN)
     rate_ratios = [step_flops / s / y for s, y in zip(seconds["ours"], yardstick)]

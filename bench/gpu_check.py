@@ -15,15 +15,16 @@ max-tokens per shape: the largest multiple of 4096 up to 65,536 whose ``admin-ds
 rank, no checkpointing, bf16 and fp16 alike) is at most 65% of the GPU's memory (the plan leaves out the
 CUDA context, communication buckets and fragmentation). One set of batches per shape serves every row.
 
-FLOP model (bench/flops.py, ``batch_training_flops``): matrix products only, 3x the forward (backward =
-2x forward), per row of s source and t target non-pad positions and per layer: encoder 2(4d^2 + 2df) per
-token + 4 s^2 d; decoder 2(6d^2 + 2df) per token + 2 t^2 d + 4 s t d + 4 d^2 per source token; output
-projection 2 d V per target token. Padding and checkpointing's recomputation are not counted.
+FLOP model (admin_ds/model/flops.py, ``batch_training_flops``, the count training's log rows use too):
+matrix products only, 3x the forward (backward = 2x forward), per row of s source and t target non-pad
+positions and per layer: encoder 2(4d^2 + 2df) per token + 4 s^2 d; decoder 2(6d^2 + 2df) per token
++ 2 t^2 d + 4 s t d + 4 d^2 per source token; output projection 2 d V per target token. Padding and
+checkpointing's recomputation are not counted.
 
 Per row: tokens/s = non-pad source + target tokens of the timed steps / their summed time; MFU = model
-FLOPs of the timed steps / their summed time / the GPU's dense bf16/fp16 peak (H100, H200: 989e12; A100:
-312e12; another GPU or the CPU: the matmul rate measured at the start); peak memory =
-torch.cuda.max_memory_allocated (CPU: the process's VmHWM); padding share = pad / all positions of source
+FLOPs of the timed steps / their summed time / the GPU's dense bf16/fp16 peak (the table training uses,
+admin_ds/training/speed.py; a GPU not in it, or the CPU: the matmul rate measured at the start); peak
+memory = torch.cuda.max_memory_allocated (CPU: the process's VmHWM); padding share = pad / all positions of source
 and target; host syncs = torch.cuda.set_sync_debug_mode("warn") warnings during one more step.
 Prints one JSON line per row as it finishes (also appended to OUT/gpu_check.jsonl), then a table.
 """
@@ -49,10 +50,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from admin_ds.model import build_model, preset_config
 from admin_ds.model.compiled import compile_layers
+from admin_ds.model.flops import batch_training_flops
 from admin_ds.training import engine as training_engine
 from admin_ds.training.rendezvous import fill_rendezvous_env
 from admin_ds.training.schedule import inverse_sqrt_schedule
-from bench.flops import batch_training_flops
+from admin_ds.training.speed import table_peak_tflops
 from bench.gpu import batches as batching
 from bench.gpu.measure import host_syncs, matmul_rate, peak_memory_gib, reset_peak
 from bench.gpu.report import summary_table, with_stock_ratios
@@ -60,7 +62,6 @@ from bench.gpu.stock import StockTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
-PEAK_DENSE_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 SHAPES = {"60-12 d=512": ("admin-60-12", {}), "60-12 d=1024": ("admin-60-12-big", {})}
 TINY = dict(encoder_layers=4, decoder_layers=2, nhead=4, src_vocab_size=1000, tgt_vocab_size=1000)
 TINY_SHAPES = {"4-2 d=32": ("admin-tiny", dict(TINY, d_model=32, ffn_dim=128)),
@@ -369,7 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     _, _, device = training_engine.init_distributed()
     matmul = matmul_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((value for key, value in PEAK_DENSE_16BIT.items() if key in name), None)
+    peak = (table_peak_tflops(name) or 0.0) * 1e12
     run = Run(args, device, peak or matmul, "datasheet" if peak else "measured matmul", matmul)
     about = json.dumps({"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
                         "matmul_tflops": round(matmul / 1e12, 3), "peak_tflops": round(run.peak_flops / 1e12, 3),

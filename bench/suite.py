@@ -312,7 +312,7 @@ EXCLUDED = {
 }
 
 # Modules the benchmarks import, not benchmarks themselves.
-HELPERS = {"__main__", "suite", "flops", "host_reads", "matmul_rate", "tensor_batch"}
+HELPERS = {"__main__", "suite", "compare", "host_reads", "matmul_rate", "tensor_batch"}
 
 
 def finite(figure: Figure) -> bool:

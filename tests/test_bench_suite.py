@@ -50,3 +50,32 @@ def test_quick_suite_writes_every_benchmark(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert table.count("\n| `") == sum(len(e.get("figures", [])) for e in entries.values())
     assert "`stability`: excluded" in table
+
+
+def _suite_run(figures: dict) -> dict:
+    """A results.json of ``python -m bench`` with one benchmark holding ``{name: (ratio, min, max)}``."""
+    rows = [{"name": name, "ratio": r, "min": lo, "max": hi} for name, (r, lo, hi) in figures.items()]
+    return {"date": "2026-01-01 00:00", "seconds": 1.0, "benchmarks": {"bench_x": {"status": "ran", "figures": rows}},
+            "machine": {"cpus": 2, "threads": 2, "load_before": 0.1, "torch": "x"}}
+
+
+def test_compare_says_which_figures_moved_beyond_their_spread(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from bench.compare import comparison
+
+    before = _suite_run({"steady": (1.0, 0.9, 1.1), "moved": (1.0, 0.95, 1.05), "dropped": (2.0, 1.9, 2.1)})
+    after = _suite_run({"steady": (1.05, 0.95, 1.2), "moved": (1.3, 1.25, 1.35), "added": (3.0, 2.9, 3.1)})
+    rows = {line.split(" | ")[1]: line for line in comparison(before, after).splitlines() if line.startswith("| `")}
+    assert set(rows) == {"steady", "moved"}
+    assert rows["steady"].endswith("| yes |") and rows["moved"].endswith("| no |")
+    assert "| 1.300 |" in rows["moved"]
+    (tmp_path / "a.json").write_text(json.dumps(before))
+    (tmp_path / "b.json").write_text(json.dumps(after))
+    proc = subprocess.run([sys.executable, "-m", "bench.compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "only before: `bench_x` dropped" in proc.stdout and "only after: `bench_x` added" in proc.stdout
+    missing = [str(tmp_path / "missing.json"), str(tmp_path / "b.json")]
+    bad = subprocess.run([sys.executable, "-m", "bench.compare", *missing],
+                         cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cannot read" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -15,8 +15,8 @@ from launch_util import REPO, launcher_env
 
 sys.path.insert(0, str(REPO))
 from admin_ds.model import preset_config  # noqa: E402
+from admin_ds.model.flops import batch_training_flops, training_flops  # noqa: E402
 from bench import gpu_check  # noqa: E402
-from bench.flops import batch_training_flops, training_flops  # noqa: E402
 from bench.gpu import batches as batching  # noqa: E402
 
 FIELDS = ["config", "shape", "precision", "side", "checkpoint_every", "params_M", "max_tokens", "steps", "warmup",

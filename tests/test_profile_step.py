@@ -28,10 +28,10 @@ def test_profile_step_charges_the_whole_step_to_kinds(tmp_path):
 
 
 def test_the_matmul_yardstick_times_the_products_the_flop_model_counts():
-    """bench/matmul_rate.py's product list and bench/flops.py's count describe the same step: equal but for
-    the causal self-attention, which the FLOP model counts at half and the yardstick runs in full."""
+    """bench/matmul_rate.py's product list and admin_ds/model/flops.py's count describe the same step: equal
+    but for the causal self-attention, which the FLOP model counts at half and the yardstick runs in full."""
     from admin_ds.model import preset_config
-    from bench.flops import training_flops
+    from admin_ds.model.flops import training_flops
     from bench.matmul_rate import step_products
 
     for shape in (dict(encoder_layers=18, decoder_layers=6, d_model=256, nhead=4, ffn_dim=1024),

@@ -32,6 +32,9 @@ class Batch:
         ids:        [N] dataset indices of the pairs
         src_padded: whether any source row is padded, known on the host from the lengths, so the model
                     need not ask the device (a host sync per forward); None = unknown, the model asks
+        src_lengths, tgt_lengths: [N] host arrays, each row's own positions in src_tokens (ids + EOS) and
+                    tgt_input (BOS + ids), for the model FLOPs training reports (training/speed.py) without
+                    reading the device; None = not known (a batch built by hand)
     """
 
     src_tokens: torch.Tensor
@@ -40,6 +43,8 @@ class Batch:
     ntokens: int
     ids: torch.Tensor
     src_padded: Optional[bool] = None
+    src_lengths: Optional[np.ndarray] = None
+    tgt_lengths: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return self.ids.numel()
@@ -73,7 +78,8 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int
     ntokens = int(tgt_lengths.sum()) + len(examples)  # every target row also predicts EOS
     return Batch(torch.from_numpy(src_tokens), torch.from_numpy(tgt_input), torch.from_numpy(tgt_output),
                  ntokens, torch.as_tensor(np.asarray(ids, dtype=np.int64)),
-                 src_padded=bool(src_lengths.min() < src_lengths.max()))
+                 src_padded=bool(src_lengths.min() < src_lengths.max()), src_lengths=src_lengths + 1,
+                 tgt_lengths=tgt_lengths + 1)
 
 
 def _pad_right(sequences: Sequence[np.ndarray], lead: Optional[int], tail: Optional[int],

@@ -77,6 +77,9 @@ class TrainConfig:
     validate_interval: Optional[int] = option(None, help="validation loss every N updates (default: at every "
                                                          "save; 0 = never)")
     log_interval: int = option(10, help="log every N updates")
+    peak_tflops: Optional[float] = option(None, help="peak TFLOP/s of one device (dense bf16/fp16, as datasheets "
+                                                     "quote it) for the training rows' mfu (default: a table of "
+                                                     "common GPUs; none on a CPU)", metavar="TFLOPS")
     lr: float = option(5e-4, help="peak learning rate after warm-up")
     warmup_updates: int = option(4000, help="linear warm-up, then inverse square root")
     warmup_init_lr: float = option(1e-7, help="learning rate at update 0")
@@ -125,6 +128,8 @@ class TrainConfig:
         for name in ("save_interval", "keep_last", "log_interval"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.peak_tflops is not None and not 0.0 < self.peak_tflops < float("inf"):
+            raise UserError(f"--peak-tflops must be a positive number of TFLOP/s, got {self.peak_tflops}")
         if self.validate_interval is not None and self.validate_interval < 0:
             raise UserError(f"--validate-interval must be >= 0, got {self.validate_interval}")
         if not self.lr > 0:

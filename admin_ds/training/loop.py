@@ -62,35 +62,13 @@ from admin_ds.training.resume import load_any_world_size
 from admin_ds.training.saving import save_run_checkpoint
 from admin_ds.training.schedule import inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, checkpointing_from_config, deepspeed_config, resolve_model_config
+from admin_ds.training.speed import Speedometer
 from admin_ds.training.state import restore_rng_file, seed_everything
 from admin_ds.training.stopping import RunStopped, StopRequest
 from admin_ds.training.validation_bleu import BleuValidation
+from admin_ds.training.window import TokenSums
 
 log = logging.getLogger("admin_ds")
-
-_LOSS, _NLL, _TOKENS = range(3)  # one tensor, so that a single all_reduce sums all three
-
-
-class TokenSums:
-    """Sums of the loss, the NLL and the target tokens over batches. They stay on the device, so adding a
-    batch never waits for the host; ``totals`` reads them (summed over ranks) at log steps only."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-
-    def add(self, loss_sum: torch.Tensor, nll_sum: torch.Tensor, tokens: int) -> None:
-        self.sums[_LOSS] += loss_sum.detach()
-        self.sums[_NLL] += nll_sum.detach()
-        self.sums[_TOKENS] += tokens
-
-    def totals(self) -> dict[str, float]:
-        """Per-token loss and NLL, and the token count, over all ranks; then starts again from zero."""
-        summed = all_reduce_sum(self.sums, self.device)
-        self.sums.zero_()
-        tokens = max(summed[_TOKENS].item(), 1.0)
-        return {"loss": summed[_LOSS].item() / tokens, "nll": summed[_NLL].item() / tokens, "tokens": tokens}
-
 
 def epoch_batches(data: BatchIterator, finished: Callable[[], bool]) -> Iterator[Batch]:
     """Batches epoch after epoch until ``finished()``. The sampler moves to the next epoch by itself at the
@@ -126,6 +104,7 @@ class Trainer:
         self.train_data = BatchIterator.build(ParallelDataset.load(data.data, "train"), data.max_tokens,
                                               seed=data.seed, rank=self.rank, world_size=self.world)
         self.valid_data = self._valid_data()
+        self.speed = Speedometer(self.model_cfg, self.cfg.peak_tflops, self.device, self.world)  # FLOP/s, MFU
         self.step = 0
         self.guard = UpdateGuard(self.failure, self.ds_config)
         self.rollbacks, self.lr_scale = 0, 1.0  # divergence rollbacks so far, and their learning-rate cut
@@ -278,7 +257,7 @@ class Trainer:
         result = train_step(self.engine, batch, self.cfg.label_smoothing, self.guard, self.step + 1)
         if result.update:
             self.grad_norm = result.grad_norm
-        window.add(result.loss_sum, result.nll_sum, batch.ntokens)
+        window.add(result.loss_sum, result.nll_sum, batch.ntokens, self.speed.flops(batch))
         return result.update
 
     def _roll_back(self, window: TokenSums) -> None:
@@ -365,7 +344,8 @@ class Trainer:
         totals = window.totals()
         row = {"step": self.step, "loss": totals["loss"], "nll": totals["nll"],
                **engine_step_info(self.engine, self.grad_norm), "skipped_updates": self.guard.skipped,
-               "tokens_per_s": totals["tokens"] / max(seconds, 1e-9), "epoch": self.train_data.epoch}
+               "tokens_per_s": totals["tokens"] / max(seconds, 1e-9), **self.speed.fields(totals["flops"], seconds),
+               "epoch": self.train_data.epoch}
         self._write(row)
 
     def _write(self, row: dict) -> None:

@@ -70,8 +70,10 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(f"{prefix}/{key}", value, row["step"])
         if "loss" in row:
+            speed = {"tflops": f"{row['tflops_per_rank']:.3g}"} if "tflops_per_rank" in row else {}
+            speed.update({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {})
             self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                                 tok_s=f"{row.get('tokens_per_s', 0):.0f}")
+                                 tok_s=f"{row.get('tokens_per_s', 0):.0f}", **speed)
         else:
             log.info("step %d: %s", row["step"], ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                               if k != "step" and isinstance(v, float)))

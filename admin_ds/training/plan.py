@@ -4,7 +4,8 @@ Model states (parameters, gradients, optimizer states) follow DeepSpeed's own es
 (``estimate_zero2_model_states_mem_needs`` and ``estimate_zero3_model_states_mem_needs`` for mixed precision
 at ZeRO-2 and ZeRO-3; tests/test_plan.py calls them and compares), split into the three parts the estimators
 add up; ZeRO-0, ZeRO-1 and fp32 use the same parts with the copies those stages keep. Activations come from
-``admin_ds.model.memory``. No DeepSpeed here: the arithmetic is plain. docs/plan.md has every formula.
+``admin_ds.model.memory``; model FLOPs from ``admin_ds.model.flops``, the count training's log rows use. No
+DeepSpeed here: the arithmetic is plain. docs/plan.md has every formula.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional
 
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig
+from admin_ds.model.flops import training_flops
 from admin_ds.model.memory import ActivationBytes, ParameterCount, activation_bytes, parameter_count
 from admin_ds.options import option
 
@@ -44,6 +46,9 @@ class PlanConfig:
                                          metavar="GiB")
     device: str = option("cuda", help="where the ranks run: cpu counts what only the CPU path keeps",
                          choices=DEVICES)
+    sentence_length: int = option(32, help="positions per sentence and side (ids + EOS) for the FLOP figure: a "
+                                           "batch of max_tokens // N sentences of N source and N target "
+                                           "positions (32 is a round figure; give your data's mean)")
 
     def validate(self) -> PlanConfig:
         if self.zero not in ZERO_STAGES:
@@ -63,6 +68,8 @@ class PlanConfig:
             raise UserError(f"--max-tokens must be positive, got {self.max_tokens}")
         if self.gpu_memory is not None and not self.gpu_memory > 0:
             raise UserError(f"--gpu-memory must be positive, got {self.gpu_memory}")
+        if self.sentence_length < 1:
+            raise UserError(f"--sentence-length must be positive, got {self.sentence_length}")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         return self
@@ -128,6 +135,22 @@ def _host_bytes(plan: PlanConfig, count: ParameterCount) -> float:
 
 
 @dataclass(frozen=True)
+class BatchFlops:
+    """Model FLOPs of one rank's micro-batch of --max-tokens: ``sentences`` rows of ``positions`` source and
+    as many target positions each (admin_ds.model.flops, forward + backward)."""
+
+    sentences: int
+    positions: int
+    flops: float
+
+
+def batch_flops(model: ModelConfig, setup: PlanConfig) -> BatchFlops:
+    positions = min(setup.sentence_length, setup.max_tokens)
+    sentences = setup.max_tokens // positions
+    return BatchFlops(sentences, positions, training_flops(model, sentences, positions, positions))
+
+
+@dataclass(frozen=True)
 class Plan:
     arch: str
     model: ModelConfig
@@ -135,6 +158,7 @@ class Plan:
     count: ParameterCount
     states: ModelStates
     activations: ActivationBytes
+    batch_flops: BatchFlops
 
     @property
     def gpu_total(self) -> float:
@@ -151,14 +175,14 @@ class Plan:
                                   "optimizer_states": self.states.optimizer_states,
                                   "activations": self.activations.peak, "total": self.gpu_total},
                 "activations": asdict(self.activations), "host_bytes_per_node": self.states.host_per_node,
-                "fits": self.fits,
+                "fits": self.fits, "model_flops_per_batch": asdict(self.batch_flops),
                 "largest_fitting_max_tokens": largest_fitting_max_tokens(self.arch, self.model, self.setup)}
 
 
 def make_plan(arch: str, model: ModelConfig, setup: PlanConfig) -> Plan:
     count = parameter_count(model)
     return Plan(arch, model, setup, count, model_states(setup, count),
-                activation_bytes(model, setup.max_tokens, setup.precision, setup.device))
+                activation_bytes(model, setup.max_tokens, setup.precision, setup.device), batch_flops(model, setup))
 
 
 # Share of a GPU's memory a planned total may take when a batch size is chosen for it: the plan leaves out
@@ -238,6 +262,9 @@ def render(plan: Plan) -> str:
     lines.append(f"  {'total':<18}{_size(plan.gpu_total):>12}")
     lines.append(f"  {'host per node':<18}{_size(plan.states.host_per_node):>12}  DeepSpeed's estimate "
                  f"(x{HOST_BUFFER_FACTOR})")
+    work = plan.batch_flops
+    lines += ["", f"model FLOPs per batch and rank: {work.flops / 1e12:.4g} TFLOP (forward + backward, "
+                  f"{work.sentences} sentences of {work.positions} + {work.positions} positions)"]
     if plan.fits is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines += ["", f"{verdict} in {s.gpu_memory:g} GiB per GPU "
