@@ -83,8 +83,9 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(save_dir="unused", max_steps=1, eval_bleu=True, eval_bleu_beam=args.beam,
                       eval_bleu_lines=args.lines).validate()
-    validation = BleuValidation.for_run(cfg, load_meta(args.data), zero_stage=0)
-    engine = SimpleNamespace(module=build_model(args, device), global_rank=rank)  # what scores() reads of one
+    validation = BleuValidation.for_run(cfg, load_meta(args.data))
+    # What scores() reads of an engine: the module, the rank, the ZeRO stage (0: decode the module itself).
+    engine = SimpleNamespace(module=build_model(args, device), global_rank=rank, zero_optimization_stage=lambda: 0)
 
     def rank0_alone() -> None:
         if rank == 0:

@@ -90,7 +90,7 @@ class Trainer:
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
-        self.bleu = BleuValidation.for_run(self.cfg, self.data_info, zero_stage(self.ds_config))  # --eval-bleu
+        self.bleu = BleuValidation.for_run(self.cfg, self.data_info)  # --eval-bleu; checks the data's raw text
         self.rank, self.world, self.device = init_distributed(self.failure.dist_timeout_minutes)
         check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(

@@ -36,7 +36,7 @@ from admin_ds.inference.scoring import raw_split_text, score
 from admin_ds.inference.translate import translate_with
 from admin_ds.model import TranslationModel
 from admin_ds.training.config import TrainConfig
-from admin_ds.training.engine import all_gather_texts, gathered_state_dict, world_size
+from admin_ds.training.engine import all_gather_texts, gathered_state_dict, world_size, zero_stage_of
 
 log = logging.getLogger("admin_ds")
 
@@ -51,16 +51,15 @@ class BleuValidation:
     """The lines, references and tokenizers of ``--eval-bleu``; ``scores`` decodes and scores them."""
 
     def __init__(self, sources: list[str], references: list[str], src_tokenizer: Tokenizer,
-                 tgt_tokenizer: Tokenizer, beam: int, zero_stage: int):
+                 tgt_tokenizer: Tokenizer, beam: int):
         self.sources, self.references = sources, references
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.decoding = DecodingConfig(beam=beam).validate()  # `admin-ds translate`'s defaults otherwise
-        self.zero3 = zero_stage == 3
         self.lengths = [len(src_tokenizer.encode(line)) for line in sources]  # what dealing the lines balances
         self.signatures_logged = False
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, data: DataInfo, zero_stage: int) -> Optional[BleuValidation]:
+    def for_run(cls, cfg: TrainConfig, data: DataInfo) -> Optional[BleuValidation]:
         """None without --eval-bleu; a UserError when the data has no valid split or no raw text for it."""
         if not cfg.eval_bleu:
             return None
@@ -75,7 +74,7 @@ class BleuValidation:
         lines = cfg.eval_bleu_lines or len(sources)
         src_tokenizer = Tokenizer(data.src_spm_path)
         tgt_tokenizer = src_tokenizer if data.tgt_spm_path == data.src_spm_path else Tokenizer(data.tgt_spm_path)
-        return cls(sources[:lines], references[:lines], src_tokenizer, tgt_tokenizer, cfg.eval_bleu_beam, zero_stage)
+        return cls(sources[:lines], references[:lines], src_tokenizer, tgt_tokenizer, cfg.eval_bleu_beam)
 
     @torch.no_grad()
     def scores(self, engine, device: torch.device) -> dict:
@@ -102,7 +101,7 @@ class BleuValidation:
     @contextmanager
     def _decoding_model(self, engine, device: torch.device) -> Iterator[TranslationModel]:
         """The engine's module itself, in eval mode; under ZeRO-3 a plain fp32 copy of the gathered weights."""
-        if not self.zero3:
+        if zero_stage_of(engine) != 3:
             yield engine.module
             return
         state = gathered_state_dict(engine)  # a collective: every rank gathers
