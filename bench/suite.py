@@ -302,6 +302,8 @@ EXCLUDED = {
     "bench_zero_memory": "byte counts, not timings, from 2 torchrun ranks; deterministic, so a ratio of repeats "
                          "says nothing: run it alone",
     "bench_hook": "2 torchrun ranks of a 60-12 model, minutes per repeat: run it alone",
+    "bench_eval_bleu": "torchrun launches at 1 and 2 ranks over the Tatoeba dev set, seconds to minutes per repeat, "
+                       "absolute times: run it alone",
     "bench_convert": "trains a 60-12 d=512 checkpoint on 2 ranks first (minutes, GiBs): run it alone",
     "bench_prepare_scale": "a scale study (millions of pairs, fresh processes, an old tree): run it alone",
     "stability": "a 50-minute training study; its --quick smoke run is tests/test_stability_bench.py",

@@ -74,5 +74,5 @@ def test_bad_best_and_patience_values():
         TrainConfig(**base, patience=0).validate()
     with pytest.raises(UserError, match="--patience needs validation, but --validate-interval is 0"):
         TrainConfig(**base, patience=2, validate_interval=0).validate()
-    with pytest.raises(UserError, match="--best-metric must be one of valid_loss, got bleu"):
-        TrainConfig(**base, best_metric="bleu").validate()
+    with pytest.raises(UserError, match="--best-metric must be one of valid_loss, bleu, got chrf"):
+        TrainConfig(**base, best_metric="chrf").validate()

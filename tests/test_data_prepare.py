@@ -49,7 +49,13 @@ def test_layout_meta_and_round_trip(small_corpus, tmp_path):
     names = {p.name for p in out.iterdir()}
     expected = {"meta.json", "spm.model"} | {f"{s}.{lang}.{e}" for s in ("train", "valid", "test")
                                              for lang in ("de", "en") for e in ("bin", "idx")}
-    assert names == expected
+    raw = {f"{s}.{lang}.txt" for s in ("valid", "test") for lang in ("de", "en")}  # references for BLEU
+    assert names == expected | raw
+    for split in ("valid", "test"):  # every line, dropped pairs too, byte for byte; named relative to DIR
+        assert meta["raw"][split] == {"src": f"{split}.de.txt", "tgt": f"{split}.en.txt"}
+        for lang in ("de", "en"):
+            given = small_corpus[1].parent / f"{split}.{lang}"
+            assert (out / f"{split}.{lang}.txt").read_bytes() == given.read_bytes()
     assert json.loads((out / "meta.json").read_text()) == meta
     assert meta["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert meta["dtype"] == "uint8" and meta["vocab_size"]["src"] <= 200
@@ -65,6 +71,11 @@ def test_layout_meta_and_round_trip(small_corpus, tmp_path):
     info = load_meta(out)
     assert (info.source_lang, info.target_lang, info.special_ids.pad, info.special_ids.eos) == ("de", "en", 0, 3)
     assert info.split_sizes == {"train": 15, "valid": 3, "test": 2}
+    assert info.raw_text == {split: (out / f"{split}.de.txt", out / f"{split}.en.txt") for split in ("valid", "test")}
+    old_meta = {key: value for key, value in meta.items() if key != "raw"}  # prepared before "raw" existed
+    (out / "meta.json").write_text(json.dumps(old_meta))
+    assert load_meta(out).raw_text == {} and load_meta(out).split_sizes == info.split_sizes
+    (out / "meta.json").write_text(json.dumps(meta))
     tokenizer = Tokenizer(info.src_spm_path)
     valid = ParallelDataset.load(out, "valid")
     kept = [(s, t) for s, t in zip(SRC, TGT) if s and t and len(s) < 100]

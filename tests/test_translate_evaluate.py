@@ -178,8 +178,8 @@ def test_evaluate_checkpoint_translates_then_scores(workdir, capsys):
 
 
 def make_data_dir(workdir, src, ref, raw):
-    """A dataset from `admin-ds prepare` (reusing the test's sentencepiece model); with ``raw``, meta.json
-    also names the test split's raw text files."""
+    """A dataset from `admin-ds prepare` (reusing the test's sentencepiece model); without ``raw``, its
+    meta.json is made to look like one written before `prepare` recorded the raw text."""
     text = workdir / ("text_raw" if raw else "text_bin")
     text.mkdir(exist_ok=True)
     for split, (xs, ys) in {"train": (sentences(20, 7), sentences(20, 8)), "valid": (src[:2], ref[:2]),
@@ -190,9 +190,9 @@ def make_data_dir(workdir, src, ref, raw):
     prepare(PrepareConfig(train_prefix=text / "train", valid_prefix=text / "valid", test_prefix=text / "test",
                           source_lang="xx", target_lang="yy", out_dir=data, spm_model=workdir / "spm.model",
                           workers=1, progress=False, force=True))
-    if raw:
+    if not raw:
         meta = json.loads((data / "meta.json").read_text())
-        meta["raw"] = {"test": {"src": str(text / "test.xx"), "tgt": str(text / "test.yy")}}
+        del meta["raw"]
         (data / "meta.json").write_text(json.dumps(meta))
     return data
 
@@ -202,11 +202,15 @@ def test_evaluate_data_split(workdir, capsys, raw):
     src, ref = sentences(8, 5), sentences(8, 6)
     src[2] = "the ZEBRA"  # an unknown piece: binarised text decodes it differently from the raw file
     data = make_data_dir(workdir, src, ref, raw)
+    if raw:  # the references travel with the prepared folder
+        data = shutil.move(data, workdir / "data_raw_moved")
+        shutil.rmtree(workdir / "text_raw")
     code, out, err = run_cli(capsys, "evaluate", "--checkpoint", workdir / "ckpt", "--data", data,
                              "--split", "test", "--beam", 2)
     assert code == 0, err
     result = json.loads(out)
     assert result["text_from"] == ("raw" if raw else "binarised") and result["n_sentences"] == 8
+    assert ("records no raw test text" in err) != raw  # the one-line note of the fallback
     model, tok = admin_ds.load_model(workdir / "ckpt"), load_tokenizer(workdir / "spm.model")
     sources = src if raw else [tok.decode(tok.encode(line)) for line in src]
     assert (sources[2] == "the ZEBRA") == raw

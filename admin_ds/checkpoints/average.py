@@ -2,24 +2,28 @@
 
 The Admin paper evaluates the average of the last checkpoints of a run (fairseq's average_checkpoints.py).
 Inputs are anything ``admin_ds.load_model`` accepts; ``--save-dir DIR --last N`` picks the N
-``DIR/global_stepK`` directories with the highest K. Sums are accumulated in float64, one model in memory
-at a time besides the running sum, and the mean is stored in fp32.
+``DIR/global_stepK`` directories with the highest K, ``--best N`` the N still on disk whose validation rows in
+``DIR/metrics.jsonl`` have the best value of the run's ``--best-metric`` (``valid_loss`` if it had none). Sums
+are accumulated in float64, one model in memory at a time besides the running sum, and the mean is stored in
+fp32.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from admin_ds.checkpoints.convert import tokenizer_for_export
 from admin_ds.checkpoints.exports import write_export
 from admin_ds.checkpoints.load import load_model
-from admin_ds.checkpoints.rundir import step_dirs
+from admin_ds.checkpoints.rundir import HIGHER_IS_BETTER, METRICS, TRAIN_CONFIG, step_dirs, step_of
 from admin_ds.errors import UserError
-from admin_ds.io import check_new_output
+from admin_ds.io import check_new_output, read_json_object
 from admin_ds.model import TranslationModel
 
 logger = logging.getLogger(__name__)
@@ -79,6 +83,50 @@ def step_checkpoints(save_dir: str | Path, last: int) -> list[Path]:
         raise UserError(f"--last {last} asks for more checkpoints than the {len(steps)} global_step* "
                         f"directories in {save_dir}")
     return steps[-last:]
+
+
+def run_best_metric(save_dir: Path) -> str:
+    """The --best-metric a run was trained with (its train_config.json), or valid_loss."""
+    config = read_json_object(save_dir / TRAIN_CONFIG, "run config",
+                              missing=f"{save_dir} has no {TRAIN_CONFIG}: is it a run directory of admin-ds train?")
+    return (config.get("train") or {}).get("best_metric") or "valid_loss"
+
+
+def validation_values(save_dir: Path, metric: str) -> dict[int, float]:
+    """{step: value of ``metric``} of the validation rows of ``save_dir``'s metrics.jsonl (the last row of a
+    step wins: a resumed run rewrites the rows after its checkpoint)."""
+    path = save_dir / METRICS
+    if not path.is_file():
+        raise UserError(f"{save_dir} has no {METRICS}: --best needs the run's validation rows")
+    values = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{number} is not a JSON object") from None
+        if isinstance(row, dict) and isinstance(row.get(metric), (int, float)) and "step" in row:
+            values[int(row["step"])] = float(row[metric])
+    return values
+
+
+def best_step_checkpoints(save_dir: str | Path, best: int, metric: Optional[str] = None) -> tuple[list[Path], str]:
+    """The ``best`` ``global_stepN`` folders still on disk with the best validation ``metric`` (default: the
+    run's --best-metric, else valid_loss), oldest first; and the metric used. Ties go to the newer step."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        raise UserError(f"--save-dir {save_dir} does not exist")
+    if best < 1:
+        raise UserError(f"--best must be at least 1, got {best}")
+    metric = metric or run_best_metric(save_dir)
+    values = validation_values(save_dir, metric)
+    on_disk = {step_of(path.name): path for path in step_dirs(save_dir)}
+    scored = [step for step in on_disk if step in values]
+    if len(scored) < best:
+        raise UserError(f"--best {best} asks for more checkpoints than the {len(scored)} in {save_dir} that have a "
+                        f"{metric} validation row ({len(on_disk)} global_step* directories on disk)")
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    chosen = sorted(scored, key=lambda step: (sign * values[step], -step))[:best]
+    return [on_disk[step] for step in sorted(chosen)], metric
 
 
 def average_checkpoints(paths: list[Path], output: str | Path, force: bool = False) -> Path:

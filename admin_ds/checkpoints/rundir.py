@@ -40,6 +40,7 @@ UNIVERSAL = "universal"
 RUN_LOCK = "run.lock"
 SPM_BESIDE = "spm.model"
 _STEP_TAG = re.compile(r"global_step(\d+)")
+HIGHER_IS_BETTER = ("bleu", "chrf")  # validation fields of metrics.jsonl where higher is better (lower: the losses)
 
 
 # --- checkpoint tags -------------------------------------------------------------------------------------

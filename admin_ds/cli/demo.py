@@ -7,7 +7,7 @@ import os
 
 from admin_ds.cli.args import add_options, options_from_args
 from admin_ds.pipelines.demo import DemoConfig, run_demo
-from admin_ds.training.loop import setup_logging
+from admin_ds.training.metrics import setup_logging
 from admin_ds.training.rendezvous import fill_rendezvous_env
 
 

@@ -4,7 +4,8 @@ Two modes:
   - ``--hyp FILE --ref FILE`` scores existing translations;
   - ``--checkpoint PATH`` translates first (same decoding flags and ``--engine`` as ``translate``):
     ``--src FILE --ref FILE``, or ``--data DIR --split SPLIT`` (see ``admin_ds.inference.scoring.split_text``
-    for where its text comes from; the JSON says which under ``"text_from"``).
+    for where its text comes from; the JSON says which under ``"text_from"``, and a note on stderr says
+    when it is not the raw text); ``--lines N`` scores the first N lines only, as ``train --eval-bleu-lines``.
 
 The JSON result (printed, and written atomically with ``--output``) holds ``bleu``, ``chrf``, ``signature``
 (BLEU's), ``chrf_signature``, ``n_sentences``, and when translating the decoding settings and timing.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from admin_ds.cli.args import add_options, options_from_args
 from admin_ds.errors import UserError
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared data directory holding the split to translate")
     parser.add_argument("--split", default="test", help="split of --data to translate")
     parser.add_argument("--src", help="source text to translate (instead of the split's)")
+    parser.add_argument("--lines", type=int, metavar="N", help="with --checkpoint: translate and score the first "
+                                                               "N lines only (default: all)")
     parser.add_argument("--output", help="also write the JSON result here")
     parser.add_argument("--write-hyp", metavar="FILE", help="also write the translations here")
     parser.add_argument("--tokenize", help="sacrebleu BLEU tokenizer (default: sacrebleu's, 13a)")
@@ -46,7 +50,11 @@ def _texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
             raise UserError("--src and --ref go together")
         return read_text_lines(args.src, "--src"), read_text_lines(args.ref, "--ref"), "files"
     if args.data:
-        return split_text(args.data, args.split)
+        sources, references, text_from = split_text(args.data, args.split)
+        if text_from != "raw":
+            print(f"admin-ds evaluate: note: {args.data}'s meta.json records no raw {args.split} text (prepared "
+                  "before it did): scoring against the split's ids decoded back to text", file=sys.stderr)
+        return sources, references, text_from
     raise UserError("--checkpoint needs --data DIR (with --split) or --src FILE --ref FILE")
 
 
@@ -63,7 +71,10 @@ def main(args: argparse.Namespace) -> int:
         result = score(read_text_lines(args.hyp, "--hyp"), read_text_lines(args.ref, "--ref"), args.tokenize)
     elif args.checkpoint:
         decoding = options_from_args(DecodingConfig, args)  # the flags are checked before any file is read
+        if args.lines is not None and args.lines < 1:
+            raise UserError(f"--lines must be at least 1, got {args.lines}")
         sources, references, text_from = _texts(args)
+        sources, references = sources[:args.lines], references[:args.lines]
         result, hypotheses = translate_and_score(args.checkpoint, decoding, sources, references, args.tokenize,
                                                  args.data, args.engine)
         result.update(text_from=text_from, split=None if args.src else args.split)

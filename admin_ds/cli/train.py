@@ -22,7 +22,8 @@ from admin_ds.cli.args import (
 )
 from admin_ds.training.config import DataConfig, FailureConfig, ModelChoice, TrainConfig
 from admin_ds.training.engine import add_deepspeed_arguments
-from admin_ds.training.loop import setup_logging, train
+from admin_ds.training.loop import train
+from admin_ds.training.metrics import setup_logging
 from admin_ds.training.rendezvous import fill_rendezvous_env
 from admin_ds.training.stopping import RunStopped, parse_stop_signals, stop_signals_caught
 

@@ -8,6 +8,7 @@ A directory written by `admin-ds prepare --out DIR` holds:
     DIR/spm.TGT.model
     DIR/SPLIT.LANG.bin         token ids of every kept sentence, concatenated, no BOS/EOS   [total_tokens]
     DIR/SPLIT.LANG.idx         int64 offsets into the .bin; sentence i is bin[idx[i]:idx[i+1]]   [n + 1]
+    DIR/SPLIT.LANG.txt         a copy of the raw text of the valid and test splits, both sides, every line
 
 for SPLIT in train, valid (and test when given) and LANG in the two languages. The .bin files use the
 smallest unsigned integer type that holds every id (`meta["dtype"]`), so they can be memory-mapped as is.
@@ -23,13 +24,19 @@ meta.json:
      "splits": {"train": {"lines": ..., "examples": ..., "src_tokens": ..., "tgt_tokens": ...,
                           "dropped": {"empty": ..., "too_long": ...}}, ...},
      "dropped": {"empty": ..., "too_long": ...},
-     "spm_trained": true, "model_type": "bpe"}
+     "spm_trained": true, "model_type": "bpe",
+     "raw": {"valid": {"src": "valid.de.txt", "tgt": "valid.en.txt"}, "test": {...}}}
+
+"raw" names the raw text that BLEU is scored against (`admin-ds evaluate --data --split`, `train --eval-bleu`).
+`prepare` copies the valid and test files into DIR, so the paths are relative to DIR and the folder can move
+(or be copied to a cluster) with its references; an absolute path is read as it is. A meta.json without
+"raw" (written before it existed), or without a split in it, has no raw text recorded for that split.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +49,7 @@ FORMAT_NAME = "admin-ds-binarized"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 DROP_REASONS = ("empty", "too_long")
+RAW_SPLITS = ("valid", "test")  # the splits whose raw text `prepare` copies: scoring needs them, training does not
 
 
 def token_file(data_dir: Path, split: str, lang: str) -> Path:
@@ -50,6 +58,11 @@ def token_file(data_dir: Path, split: str, lang: str) -> Path:
 
 def offset_file(data_dir: Path, split: str, lang: str) -> Path:
     return Path(data_dir) / f"{split}.{lang}.idx"
+
+
+def raw_file(data_dir: Path, split: str, lang: str) -> Path:
+    """Where `prepare` copies a split's raw text: DIR/SPLIT.LANG.txt."""
+    return Path(data_dir) / f"{split}.{lang}.txt"
 
 
 def spm_file_names(source_lang: str, target_lang: str, joint: bool) -> dict[str, str]:
@@ -83,6 +96,7 @@ class DataInfo:
     max_positions: int
     split_sizes: dict[str, int]  # split name -> number of kept examples
     special_ids: SpecialIds = SPECIAL_IDS
+    raw_text: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # split -> (source, reference) files
 
 
 def load_meta(data_dir: str | Path) -> DataInfo:
@@ -113,9 +127,15 @@ def load_meta(data_dir: str | Path) -> DataInfo:
             max_positions=int(meta["max_positions"]),
             split_sizes={name: int(split["examples"]) for name, split in meta["splits"].items()},
             special_ids=special,
+            raw_text=_raw_text(data_dir, meta.get("raw") or {}),
         )
     except KeyError as error:
         raise UserError(f"{meta_path} is not a valid admin-ds dataset description (missing key {error})") from None
     except (ValueError, TypeError, AttributeError) as error:
         raise UserError(f"{meta_path} is not a valid admin-ds dataset description ({error})") from None
     return info
+
+
+def _raw_text(data_dir: Path, raw: dict) -> dict[str, tuple[Path, Path]]:
+    """meta.json's "raw" as split -> (source file, reference file); relative paths are inside DIR."""
+    return {split: (data_dir / files["src"], data_dir / files["tgt"]) for split, files in raw.items()}

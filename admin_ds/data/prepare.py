@@ -210,9 +210,27 @@ def _build(config: PrepareConfig, tmp_dir: Path) -> dict:
         "dropped": {reason: sum(s["dropped"][reason] for s in splits.values()) for reason in layout.DROP_REASONS},
         "spm_trained": config.spm_model is None,
         "model_type": config.model_type if config.spm_model is None else None,
+        "raw": _copy_raw_text(config, tmp_dir),
     }
     (tmp_dir / layout.META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+def _copy_raw_text(config: PrepareConfig, tmp_dir: Path) -> dict:
+    """Copy the valid and test splits' raw text (both sides, every line, dropped pairs included) into
+    DIR/SPLIT.LANG.txt, where BLEU finds its references: a copy, not the input's path, so that the prepared folder can
+    move, and the references cannot change under it. Returns meta.json's "raw" (paths relative to DIR)."""
+    raw = {}
+    for name, prefix in config.splits.items():
+        if name not in layout.RAW_SPLITS:
+            continue
+        files = {}
+        for side, path in zip(("src", "tgt"), parallel_paths(prefix, config.source_lang, config.target_lang)):
+            target = layout.raw_file(tmp_dir, name, config.target_lang if side == "tgt" else config.source_lang)
+            shutil.copyfile(path, target)
+            files[side] = target.name
+        raw[name] = files
+    return raw
 
 
 def _encode_split(config: PrepareConfig, name: str, prefix: Path, tokenizers: tuple[Tokenizer, Tokenizer],

@@ -1,22 +1,22 @@
 """Scoring translations with sacrebleu (BLEU and chrF, with their signatures), and the text of a split.
 
 The source and reference text of a prepared dataset's split come from the raw text files it names in
-meta.json as ``"raw": {SPLIT: {"src": path, "tgt": path}}`` (relative to DIR), or, failing that, from the
-binarised split itself, decoded with the dataset's sentencepiece models. The latter is detokenised text
-(after sentencepiece's normalisation, without pairs ``prepare`` dropped), so its BLEU is not comparable
-with published figures; ``split_text`` says which one it used.
+meta.json as ``"raw": {SPLIT: {"src": path, "tgt": path}}`` (``prepare`` copies the valid and test files
+into DIR/SPLIT.LANG.txt; docs/contracts.md §4), or, for a dataset prepared before that, from the binarised split
+itself, decoded with the dataset's sentencepiece models. The latter is detokenised text (after
+sentencepiece's normalisation, without pairs ``prepare`` dropped), so its BLEU is not comparable with
+published figures; ``split_text`` says which one it used.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Optional
 
 from sacrebleu.metrics import BLEU, CHRF
 
-from admin_ds.data import ParallelDataset, load_meta
+from admin_ds.data import DataInfo, ParallelDataset, load_meta
 from admin_ds.errors import UserError
 from admin_ds.inference.config import DecodingConfig
 from admin_ds.inference.translate import load_tokenizer
@@ -46,18 +46,25 @@ def score(hypotheses: Sequence[str], references: Sequence[str], tokenize: Option
 def split_text(data: str, split: str) -> tuple[list[str], list[str], str]:
     """(source lines, reference lines, where they came from) of a prepared dataset's split."""
     info = load_meta(data)  # checks that DIR is a prepared dataset
-    meta = json.loads((info.data_dir / "meta.json").read_text(encoding="utf-8"))
-    raw = (meta.get("raw") or {}).get(split)
-    if raw:
-        src = read_text_lines(str(info.data_dir / raw["src"]), f"meta.json raw {split} src")
-        ref = read_text_lines(str(info.data_dir / raw["tgt"]), f"meta.json raw {split} tgt")
-        return src, ref, "raw"
+    if split in info.raw_text:
+        return (*raw_split_text(info, split), "raw")
     dataset = ParallelDataset.load(data, split)
     src_tok = load_tokenizer(info.src_spm_path)
     tgt_tok = src_tok if info.tgt_spm_path == info.src_spm_path else load_tokenizer(info.tgt_spm_path)
     pairs = [dataset[i] for i in range(len(dataset))]
     return ([src_tok.decode(src.tolist()) for src, _ in pairs],
             [tgt_tok.decode(tgt.tolist()) for _, tgt in pairs], "binarised")
+
+
+def raw_split_text(info: DataInfo, split: str) -> tuple[list[str], list[str]]:
+    """(source lines, reference lines) of the raw text meta.json records for ``split`` (every line)."""
+    src_file, ref_file = info.raw_text[split]
+    src = read_text_lines(str(src_file), f"meta.json's raw {split} source")
+    ref = read_text_lines(str(ref_file), f"meta.json's raw {split} reference")
+    if len(src) != len(ref):
+        raise UserError(f"{src_file} has {len(src)} lines but {ref_file} has {len(ref)}: the raw {split} "
+                        "text meta.json records is not parallel")
+    return src, ref
 
 
 def translate_and_score(checkpoint: str, decoding: DecodingConfig, sources: Sequence[str],

@@ -2,12 +2,13 @@
 
 Inputs, in any mix (each one a labelled series on the figures it has data for):
   - a ``metrics.jsonl`` file, or a run directory holding one: training and validation loss against the
-    update, the fp16 loss scale, tokens/s;
+    update, the fp16 loss scale, tokens/s, and the validation BLEU and chrF of ``train --eval-bleu``;
   - a profile file in the profile.ratio.init format (``omega.profile``): ω per sublayer;
   - a checkpoint (anything ``load_model`` reads): ω per sublayer as its weights hold it (the mean of each
     vector).
 A run directory with an ``omega.profile`` contributes that too. Figures are PNGs written atomically into
-``--out``: loss.png, omega.png, loss_scale.png, tokens_per_s.png (only those some input has data for).
+``--out``: loss.png, omega.png, loss_scale.png, tokens_per_s.png, bleu.png, chrf.png (only those some input
+has data for).
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ def plot(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
                plot_metric(series, out_dir, "loss_scale", "loss scale (log2)", "fp16 dynamic loss scale",
                            "loss_scale.png", log=True),
                plot_metric(series, out_dir, "tokens_per_s", "target tokens / s", "Training throughput",
-                           "tokens_per_s.png")]
+                           "tokens_per_s.png"),
+               plot_metric(series, out_dir, "bleu", "BLEU", "Validation BLEU (--eval-bleu)", "bleu.png"),
+               plot_metric(series, out_dir, "chrf", "chrF", "Validation chrF (--eval-bleu)", "chrf.png")]
     written = [path for path in written if path is not None]
     if not written:
         raise UserError("nothing to plot: none of the inputs has loss rows or ω")

@@ -1,11 +1,11 @@
 """The best model so far and early stopping (--best-metric, --patience; docs/contracts.md §5).
 
-At every validation the tracker compares the metric (lower is better: ``valid_loss``) with the best so
-far. With ``--best-metric`` an improvement replaces ``SAVE_DIR/best/`` with a small fp32 export of the
-weights (the layout of `admin-ds convert`, no optimizer state), built in a temporary folder and renamed;
-checkpoint pruning never touches it. With ``--patience N`` the run ends after N validations in a row
-without an improvement, after its last checkpoint. The tracker's state goes into every checkpoint, so a
-resumed run keeps the best value and the count.
+At every validation the tracker compares the metric (``valid_loss``: lower is better; ``bleu``, from
+``--eval-bleu``: higher is better) with the best so far. With ``--best-metric`` an improvement replaces
+``SAVE_DIR/best/`` with a small fp32 export of the weights (the layout of `admin-ds convert`, no optimizer
+state), built in a temporary folder and renamed; checkpoint pruning never touches it. With ``--patience N``
+the run ends after N validations in a row without an improvement, after its last checkpoint. The tracker's
+state goes into every checkpoint, so a resumed run keeps the best value and the count.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from admin_ds.checkpoints.exports import write_export
-from admin_ds.checkpoints.rundir import tokenizer_files
+from admin_ds.checkpoints.rundir import HIGHER_IS_BETTER, tokenizer_files
 from admin_ds.model import TranslationModel
 from admin_ds.training.config import TrainConfig
 from admin_ds.training.engine import gathered_state_dict
@@ -25,6 +25,13 @@ from admin_ds.training.engine import gathered_state_dict
 log = logging.getLogger("admin_ds")
 
 BEST_DIR = "best"
+
+
+def improves(metric: str, value: float, best: Optional[float]) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None: nothing to beat); a tie is no improvement."""
+    if best is None:
+        return True
+    return value > best if metric in HIGHER_IS_BETTER else value < best
 
 
 class BestTracker:
@@ -52,7 +59,7 @@ class BestTracker:
         if not self.active:
             return row
         value = row[self.metric]
-        if self.best is None or value < self.best:
+        if improves(self.metric, value, self.best):
             self.best, self.best_step, self.since_best = value, row["step"], 0
             if self.export:
                 self.write_best(row["step"], self.metric, value)

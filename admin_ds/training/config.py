@@ -16,7 +16,7 @@ from admin_ds.options import option
 from admin_ds.training.stopping import parse_stop_signals
 
 OPTIMIZERS = ("adam", "adamw", "radam")
-BEST_METRICS = ("valid_loss",)  # lower is better for each (training/best.py)
+BEST_METRICS = ("valid_loss", "bleu")  # lower is better for valid_loss, higher for bleu (training/best.py)
 
 
 def parse_betas(text: str) -> tuple[float, float]:
@@ -107,10 +107,16 @@ class TrainConfig:
     tensorboard: bool = option(True, help="write no TensorBoard scalars", flags=("--no-tensorboard",))
     valid_split: str = option("valid", help="split of --data that validation reads")
     best_metric: Optional[str] = option(None, help="keep SAVE_DIR/best/, an fp32 export of the weights with the "
-                                                   "best value of this metric so far (judged at each validation)",
-                                        choices=BEST_METRICS)
+                                                   "best value of this metric so far (judged at each validation; "
+                                                   "bleu needs --eval-bleu)", choices=BEST_METRICS)
     patience: Optional[int] = option(None, help="stop (after saving) once N validations in a row have not "
                                                 "improved on the best --best-metric (valid_loss if not given)")
+    eval_bleu: bool = option(False, help="at every validation also translate the valid split's raw source text "
+                                         "with our beam search and score BLEU and chrF (sacrebleu) against its "
+                                         "raw reference (training/validation_bleu.py)")
+    eval_bleu_beam: int = option(4, help="--eval-bleu: the beam size")
+    eval_bleu_lines: Optional[int] = option(None, help="--eval-bleu: score the first N lines of the valid split "
+                                                       "only (default: all)")
 
     def validate(self) -> TrainConfig:
         if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
@@ -138,9 +144,10 @@ class TrainConfig:
             raise UserError(f"--patience must be positive, got {self.patience}")
         if self.best_metric is not None and self.best_metric not in BEST_METRICS:
             raise UserError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, got {self.best_metric}")
-        if (self.patience is not None or self.best_metric) and self.validate_interval == 0:
-            raise UserError(f"--{'patience' if self.patience is not None else 'best-metric'} needs validation, "
-                            "but --validate-interval is 0")
+        if (self.patience is not None or self.best_metric or self.eval_bleu) and self.validate_interval == 0:
+            flag = "patience" if self.patience is not None else "best-metric" if self.best_metric else "eval-bleu"
+            raise UserError(f"--{flag} needs validation, but --validate-interval is 0")
+        self._validate_eval_bleu()
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if not 0.0 <= self.omega_lr_scale < float("inf"):
@@ -150,6 +157,15 @@ class TrainConfig:
         if self.omega_init != "profile" and self.omega_profile:
             raise UserError(f"--omega-profile and --omega-init {self.omega_init} both say where ω starts; give one")
         return self
+
+    def _validate_eval_bleu(self) -> None:
+        if self.best_metric == "bleu" and not self.eval_bleu:
+            raise UserError("--best-metric bleu needs --eval-bleu (BLEU is only computed with it)")
+        if self.eval_bleu_beam < 1:
+            raise UserError(f"--eval-bleu-beam must be at least 1, got {self.eval_bleu_beam}")
+        if self.eval_bleu_lines is not None and self.eval_bleu_lines < 1:
+            raise UserError(f"--eval-bleu-lines must be at least 1 (or left out for all lines), got "
+                            f"{self.eval_bleu_lines}")
 
     def omega_given_by(self) -> Optional[str]:
         """The flag that sets ω's start without profiling (a file or a closed form); None: profile."""

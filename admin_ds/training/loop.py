@@ -65,6 +65,7 @@ from admin_ds.training.setup import build_optimizer, checkpointing_from_config, 
 from admin_ds.training.speed import Speedometer
 from admin_ds.training.state import restore_rng_file, seed_everything
 from admin_ds.training.stopping import RunStopped, StopRequest
+from admin_ds.training.validation_bleu import BleuValidation
 from admin_ds.training.window import TokenSums
 
 log = logging.getLogger("admin_ds")
@@ -89,6 +90,7 @@ class Trainer:
         self.save_dir = Path(self.cfg.save_dir)
         self.data_info = load_meta(data.data)
         self.ds_config = deepspeed_config(read_ds_config(deepspeed_config_path), self.cfg)
+        self.bleu = BleuValidation.for_run(self.cfg, self.data_info)  # --eval-bleu; checks the data's raw text
         self.rank, self.world, self.device = init_distributed(self.failure.dist_timeout_minutes)
         check_ds_config(self.ds_config)  # needs the world size: DeepSpeed checks the batch sizes against it
         self.model_cfg = checkpointing_from_config(
@@ -218,10 +220,11 @@ class Trainer:
             loss, nll = self.engine(batch.src_tokens, batch.tgt_input, target=batch.tgt_output,
                                     label_smoothing=self.cfg.label_smoothing, src_padded=batch.src_padded)
             sums.add(loss, nll, batch.ntokens)
+        bleu = self.bleu.scores(self.engine, self.device) if self.bleu is not None else {}  # in eval mode too
         self.engine.train()
         totals = sums.totals()
         return self.best.judge({"step": self.step, "valid_loss": totals["loss"], "valid_nll": totals["nll"],
-                                "valid_ppl": float(np.exp(min(totals["nll"], 50.0)))})
+                                "valid_ppl": float(np.exp(min(totals["nll"], 50.0))), **bleu})
 
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -348,13 +351,6 @@ class Trainer:
     def _write(self, row: dict) -> None:
         if self.metrics is not None:
             self.metrics.write({**row, "elapsed_s": round(time.perf_counter() - self.started, 2)})
-
-
-def setup_logging(rank: int) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
-    # DeepSpeed's INFO lines would drown ours; its warnings still show.
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
 def train(train: TrainConfig, data: DataConfig, model: ModelChoice,

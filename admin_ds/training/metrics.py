@@ -17,6 +17,14 @@ from admin_ds.io import write_text_atomic
 log = logging.getLogger("admin_ds")
 
 
+def setup_logging(rank: int) -> None:
+    """INFO on rank 0, warnings only on the others (they would repeat rank 0's lines)."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
+    # DeepSpeed's INFO lines would drown ours; its warnings still show.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard.
 

@@ -21,7 +21,8 @@ from faults import bad_grads
 from admin_ds.cli import build_parser
 from admin_ds.cli.train import run_configs
 from admin_ds.training import engine as training_engine
-from admin_ds.training.loop import Trainer, setup_logging
+from admin_ds.training.loop import Trainer
+from admin_ds.training.metrics import setup_logging
 from admin_ds.training.rendezvous import fill_rendezvous_env
 
 

@@ -26,6 +26,7 @@ from admin_ds.training.engine.lifecycle import (
 )
 from admin_ds.training.engine.processes import (
     add_deepspeed_arguments,
+    all_gather_texts,
     all_reduce_sum,
     barrier,
     broadcast_from_rank0,
@@ -54,7 +55,7 @@ from admin_ds.training.engine.weights import (
 )
 
 __all__ = [
-    "StepResult", "add_deepspeed_arguments", "all_reduce_sum", "barrier", "broadcast_from_rank0",
+    "StepResult", "add_deepspeed_arguments", "all_gather_texts", "all_reduce_sum", "barrier", "broadcast_from_rank0",
     "check_deepspeed_version", "check_ds_config", "clear_skip", "convert_to_universal", "cut_learning_rate",
     "engine_step_info", "finish_distributed", "full_parameter", "gathered_state_dict", "init_distributed",
     "initialize", "is_collective_failure", "load_checkpoint", "local_grad_norm", "loss_scale",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from typing import Optional
@@ -108,3 +109,22 @@ def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.broadcast(values, src=0)
     return values
+
+
+def all_gather_texts(texts: list[str], device: torch.device) -> list[list[str]]:
+    """Every rank's list of strings, on every rank, in rank order.
+
+    The strings travel as UTF-8 JSON in a uint8 tensor (on ``device``, which NCCL needs), padded to the
+    longest rank's length: nothing is pickled, so nothing a peer sends is ever unpickled."""
+    if world_size() == 1:
+        return [list(texts)]
+    data = torch.frombuffer(bytearray(json.dumps(texts).encode("utf-8")), dtype=torch.uint8).to(device)  # [bytes]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
+    lengths = [int(size.item()) for size in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)  # [longest]
+    padded[: data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(gathered, padded)
+    return [json.loads(part[:length].cpu().numpy().tobytes().decode("utf-8"))
+            for part, length in zip(gathered, lengths)]
