@@ -17,6 +17,7 @@ study exit with status 75. The next invocation carries on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
@@ -158,15 +159,17 @@ def advance(study: Study, run: Run) -> str:
     write_json_atomic(study.result_path(run), result)
     prune_finished(study.run_dir(run))
     if study.commit:
-        commit_result(study.result_path(run), run.name)
+        commit_result(study.result_path(run), run.name, study.folder)
     return status
 
 
-def commit_result(path: Path, name: str) -> None:
-    """Commit this one result file, nothing else that may be staged."""
-    subprocess.run(["git", "add", "--", str(path)], cwd=REPO, check=True)
-    subprocess.run(["git", "commit", "--quiet", "-m", f"bench.study: result of {name}", "--", str(path)],
-                   cwd=REPO, check=True)
+def commit_result(path: Path, name: str, folder: Path) -> None:
+    """Commit this one result file, nothing else that may be staged; one invocation at a time (git's own
+    index lock would fail the second)."""
+    with flock(folder / "commit.lock", wait=True):
+        subprocess.run(["git", "add", "--", str(path)], cwd=REPO, check=True)
+        subprocess.run(["git", "commit", "--quiet", "-m", f"bench.study: result of {name}", "--", str(path)],
+                       cwd=REPO, check=True)
 
 
 def status_of(study: Study, run: Run) -> str:
@@ -229,18 +232,25 @@ def selected(study: Study, args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def hold_lock(folder: Path):
-    """One invocation at a time per study folder (two would train the same run into one directory); the
-    lock goes with the process, however it ends."""
+def flock(path: Path, wait: bool):
+    """An exclusive lock on ``path`` (created), held until the handle is closed or the process ends however
+    it ends; None when ``wait`` is False and another process holds it."""
     import fcntl
 
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / "study.lock", "w")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
-        raise UserError(f"another bench.study is running in {folder}; wait for it or give another --study") from None
+        handle.close()
+        return None
     return handle
+
+
+def run_lock(study: Study, run: Run):
+    """This run's lock: two invocations on one study folder share its queue, each training the runs the
+    other does not hold (two would otherwise train the same run into one directory)."""
+    return flock(study.folder / "locks" / f"{run.name}.lock", wait=False)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -257,14 +267,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             for path in write_summary(study.results, study.plan):
                 print(f"wrote {path}")
             return 0
-        lock = hold_lock(study.folder)  # noqa: F841 - held until the process ends
         if not (args.raw / "train.de").is_file():
             raise UserError(f"needs Tatoeba de-en (train/dev/test .de/.en) at {args.raw}; see --raw")
         study.results.mkdir(parents=True, exist_ok=True)
-        prepare_data(study)
+        with flock(study.folder / "study.lock", wait=True):  # one prepares, a second waits and reuses it
+            prepare_data(study)
         STOP.catch()
         for run in runs:
-            status = "stopped" if STOP.signal is not None else advance(study, run)
+            held = None if STOP.signal is not None else run_lock(study, run)
+            if held is None and STOP.signal is None:
+                print(f"{run.name}: taken by another bench.study", flush=True)
+                continue
+            with held or contextlib.nullcontext():
+                status = "stopped" if STOP.signal is not None else advance(study, run)
             print(f"{run.name}: {status}", flush=True)
             if status == "stopped":
                 print("stopped by a signal, checkpointed; run the same command to carry on", flush=True)
