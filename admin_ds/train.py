@@ -9,4 +9,8 @@ import sys
 from admin_ds.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    status = main(["train", *sys.argv[1:]])
+    # A launched rank ends here: skip finalization, which can abort after a finished run (see the function).
+    from admin_ds.training.engine import exit_skipping_finalization
+
+    exit_skipping_finalization(status)

@@ -9,7 +9,6 @@ launcher and imports cost more than the checks. Writes DIR/CASE-rankR.json.
 import argparse
 import json
 import os
-import sys
 
 import torch
 
@@ -75,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    training_engine.exit_skipping_finalization(main())

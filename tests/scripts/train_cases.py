@@ -56,4 +56,4 @@ def run_and_save(case: dict, trainer: Trainer, rank: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cases(run_and_save))
+    training_engine.exit_skipping_finalization(run_cases(run_and_save))

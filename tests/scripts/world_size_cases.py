@@ -9,7 +9,6 @@ master weights and Adam's exp_avg / exp_avg_sq, whole (gathered over ranks), the
 and the pair indices of every batch this rank trained on ("seen").
 """
 
-import sys
 from pathlib import Path
 
 import torch
@@ -55,4 +54,6 @@ def record_case(case: dict, trainer: Trainer, rank: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cases(record_case))
+    from admin_ds.training.engine import exit_skipping_finalization
+
+    exit_skipping_finalization(run_cases(record_case))

@@ -30,6 +30,7 @@ from admin_ds.training.engine.processes import (
     all_reduce_sum,
     barrier,
     broadcast_from_rank0,
+    exit_skipping_finalization,
     finish_distributed,
     init_distributed,
     is_collective_failure,
@@ -57,7 +58,8 @@ from admin_ds.training.engine.weights import (
 __all__ = [
     "StepResult", "add_deepspeed_arguments", "all_gather_texts", "all_reduce_sum", "barrier", "broadcast_from_rank0",
     "check_deepspeed_version", "check_ds_config", "clear_skip", "convert_to_universal", "cut_learning_rate",
-    "engine_step_info", "finish_distributed", "full_parameter", "gathered_state_dict", "init_distributed",
+    "engine_step_info", "exit_skipping_finalization",
+    "finish_distributed", "full_parameter", "gathered_state_dict", "init_distributed",
     "initialize", "is_collective_failure", "load_checkpoint", "local_grad_norm", "loss_scale",
     "model_init_context", "omega_hook", "omega_profile", "parameter_count", "precision", "read_ds_config",
     "save_checkpoint", "set_parameters", "skip_next_step", "train_step", "world_size", "zero_stage",
