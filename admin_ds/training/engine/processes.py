@@ -77,9 +77,10 @@ def exit_skipping_finalization(status: int) -> None:
     Works around an abort at exit after the work finished ("terminate called without an active exception",
     SIGABRT, the launcher reports a failure). The likely cause (not proven): ``destroy_process_group``
     unregisters the gloo groups, but DeepSpeed still references them (ZeRO-3 parameters keep their group),
-    so they are torn down during finalization, when their threads can no longer be joined cleanly. Seen with torch 2.13 and deepspeed
-    0.19.8 in 3 of about 40 two-rank launches with ZeRO-3 cases, after barrier-then-destroy had removed the
-    commoner form. Only for a process's last line: nothing after it runs, atexit handlers included."""
+    so they are torn down during finalization, when their threads can no longer be joined cleanly. Seen
+    with torch 2.13 and deepspeed 0.19.8 in 3 of about 40 two-rank launches with ZeRO-3 cases, after
+    barrier-then-destroy had removed the commoner form. Only for a process's last line: nothing after it
+    runs, atexit handlers included."""
     import logging
     import sys
 
