@@ -79,11 +79,14 @@ def exit_skipping_finalization(status: int) -> None:
     unregisters the gloo groups, but DeepSpeed still references them (ZeRO-3 parameters keep their group),
     so they are torn down during finalization, when their threads can no longer be joined cleanly. Seen
     with torch 2.13 and deepspeed 0.19.8 in 3 of about 40 two-rank launches with ZeRO-3 cases, after
-    barrier-then-destroy had removed the commoner form. Only for a process's last line: nothing after it
-    runs, atexit handlers included."""
+    barrier-then-destroy had removed the commoner form. Only for a process's last line. The atexit handlers
+    still run first (the run lock is given back by one), through CPython's ``atexit._run_exitfuncs``, the
+    function its own shutdown calls (checked on CPython 3.11)."""
+    import atexit
     import logging
     import sys
 
+    atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
