@@ -10,7 +10,9 @@ from admin_ds.cli import main
 
 if __name__ == "__main__":
     status = main(["train", *sys.argv[1:]])
-    if status not in (0, 75):  # a failure: exit as usual (the launcher's first report stays the dead rank's)
+    from admin_ds.training.stopping import EXIT_STOPPED
+
+    if status not in (0, EXIT_STOPPED):  # a failure: exit as usual (the launcher's first report stays the dead rank's)
         sys.exit(status)
     # Finished, or stopped to be resumed: skip finalization, which can abort after the run (see the function).
     from admin_ds.training.engine import exit_skipping_finalization
