@@ -208,6 +208,29 @@ def test_curve_fields_on_a_made_up_run():
     assert outcome(rows + [{"step": 40, "loss": float("nan"), "elapsed_s": 40}], curve)["diverged"] is True
 
 
+def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
+    from bench.study.curves import longest_flat, sat_on_plateau
+    from bench.study.report import plateau_settings_table
+
+    plateaued = [[50, 6.2], [100, 5.65], [150, 5.62], [200, 5.66], [250, 5.60], [300, 5.0]]
+    falling = [[50, 6.2], [100, 5.6], [150, 5.4], [200, 5.2], [250, 5.1], [300, 4.9]]
+    stuck = [[50, 6.4], [100, 6.38], [150, 6.37], [200, 6.37], [250, 6.36], [300, 6.36]]
+    assert sat_on_plateau(longest_flat(plateaued), 5.0)
+    assert not sat_on_plateau(longest_flat(falling), 4.9)
+    # flat to the end is a stall, not a plateau the run left
+    assert not sat_on_plateau(longest_flat(stuck), 6.36)
+
+    def probe(name, seed, curve):
+        return {"name": f"{name}-s{seed}", "settings": {"seed": seed}, "dev_loss": curve,
+                "longest_flat": longest_flat(curve), "last_dev_loss": curve[-1][1]}
+
+    table = plateau_settings_table([probe("plateau-admin", 1, plateaued), probe("plateau-admin", 2, falling),
+                                    probe("plateau-pre-ln", 1, falling)]).splitlines()
+    assert table[2] == ("| plateau-admin | 1, 2 | 5.62 (5.60-5.65) | 5.43 (5.20-5.66) | 4.95 (4.90-5.00) "
+                        "| 1 of 2 (seed 1) |")
+    assert table[3] == "| plateau-pre-ln | 1 | 5.60 | 5.20 | 4.90 | 0 of 1 |"
+
+
 @pytest.mark.slow
 def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tmp_path):
     """SIGTERM to the study mid-training: the trainer saves and exits 75, so does the study; the run then

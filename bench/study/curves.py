@@ -11,6 +11,10 @@ from pathlib import Path
 STALL_FRACTION = 0.05
 # A "flat" stretch: the best dev loss so far improves by less than 1% over it.
 FLAT_FRACTION = 0.01
+# A "plateau": a flat stretch of at least PLATEAU_UPDATES (two of the probes' validations) at a loss at least
+# PLATEAU_ABOVE_END above the run's last dev loss, i.e. a pause the run later left, not its end.
+PLATEAU_UPDATES = 50
+PLATEAU_ABOVE_END = 0.05
 
 
 def read_rows(metrics: Path) -> list[dict]:
@@ -72,6 +76,12 @@ def longest_flat(curve: list[list]) -> dict:
                 best_span = {"updates": step - start_step, "from_update": start_step, "to_update": step,
                              "dev_loss": start_loss}
     return best_span
+
+
+def sat_on_plateau(flat: dict, last_dev_loss: float | None) -> bool:
+    """Whether a run's longest flat stretch (`longest_flat`) is a plateau it later left."""
+    return (flat["updates"] >= PLATEAU_UPDATES and last_dev_loss is not None
+            and flat["dev_loss"] >= last_dev_loss * (1 + PLATEAU_ABOVE_END))
 
 
 def outcome(rows: list[dict], curve: list[list]) -> dict:

@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 
 from admin_ds.io import write_text_atomic
+from bench.study.curves import PLATEAU_UPDATES, sat_on_plateau
 from bench.study.plan import Plan
+
+# The updates at which the settings table compares the probes' dev loss.
+PROBE_CHECKPOINTS = (100, 200, 300)
 
 
 def read_results(folder: Path, plan: Plan) -> list[dict]:
@@ -57,6 +61,35 @@ def plateau_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def setting_of(result: dict) -> str:
+    """A probe's setting: its name without the seed."""
+    return result["name"].rsplit("-s", 1)[0]
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def plateau_settings_table(probes: list[dict]) -> str:
+    """A row per setting over its seeds: the dev loss at PROBE_CHECKPOINTS (mean, and the range across
+    seeds) and how many seeds sat on a plateau (`curves.sat_on_plateau`)."""
+    header = " | ".join(f"dev loss at {u}" for u in PROBE_CHECKPOINTS)
+    lines = [f"| setting | seeds | {header} | seeds with a plateau (>= {PLATEAU_UPDATES} updates) |",
+             "|" + "---|" * (3 + len(PROBE_CHECKPOINTS))]
+    for setting in dict.fromkeys(setting_of(r) for r in probes):
+        runs = [r for r in probes if setting_of(r) == setting]
+        at = [" | ".join(_spread([dict(map(tuple, r["dev_loss"]))[u] for r in runs
+                                  if u in dict(map(tuple, r["dev_loss"]))]) for u in PROBE_CHECKPOINTS)]
+        plateaus = [str(r["settings"]["seed"]) for r in runs if sat_on_plateau(r["longest_flat"], r["last_dev_loss"])]
+        seeds = ", ".join(str(r["settings"]["seed"]) for r in runs)
+        lines.append(f"| {setting} | {seeds} | {at[0]} | {len(plateaus)} of {len(runs)}"
+                     + (f" (seed {', '.join(plateaus)})" if plateaus else "") + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict]) -> str:
     machines = sorted({f"{r['cpu_model']} ({r['cpu_count']} cores, OMP_NUM_THREADS={r['omp_num_threads']})"
                        for r in results})
@@ -69,6 +102,9 @@ def markdown(results: list[dict]) -> str:
         parts += ["## Trained models", "", study_table(study), "",
                   "BLEU signature: " + "; ".join(f"`{s}`" for s in signatures), ""]
     if probes:
+        plateau = [r for r in probes if r["group"] == "plateau"]
+        if plateau:
+            parts += ["## Plateau probes by setting", "", plateau_settings_table(plateau), ""]
         parts += ["## Plateau probes", "", plateau_table(probes), ""]
     return "\n".join(parts)
 
