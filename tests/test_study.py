@@ -23,7 +23,7 @@ RESULT_FIELDS = {
     "best_dev_loss", "best_dev_update", "best_dev_minute", "last_dev_loss", "last_fifth", "longest_flat",
     "train_minutes", "diverged", "stalled", "rollbacks", "bleu", "chrf", "bleu_signature", "chrf_signature",
     "test_lines", "beam", "averaged_updates", "translate_seconds", "segments", "wall_minutes", "score_minutes",
-    "cpu_model", "cpu_count", "omp_num_threads", "python", "torch", "commit", "finished_utc"}
+    "cpu_model", "cpu_count", "omp_num_threads", "python", "torch", "commit", "finished_utc", "omega_moved"}
 
 
 def slow_env(seconds: str) -> dict:
@@ -78,6 +78,8 @@ def test_results_have_every_field_and_no_paths(stopped_then_finished):
         assert result["best_dev_loss"] == min(loss for _, loss in result["dev_loss"])
         assert result["last_fifth"]["to_update"] == updates and result["wall_minutes"] > 0
         assert result["cpu_model"] and isinstance(result["diverged"], bool)
+        moved = result["omega_moved"]  # both quick runs are admin: ω trained from its start
+        assert moved["update"] == updates and 0 < moved["mean_abs"] <= moved["max_abs"] < 1, (name, moved)
         assert '"/' not in text and str(folder) not in text, f"{name}: an absolute path in the result"
         kept = sorted(p.name for p in (folder / "runs" / name).glob("global_step*"))
         assert kept == [f"global_step{updates}"], (name, kept)  # older checkpoints pruned once finished
@@ -103,6 +105,12 @@ def test_a_finished_study_skips_its_runs_and_summarises(stopped_then_finished):
     assert "| tiny-admin | admin | profile | 1 | 12 |" in summary and "plateau-admin-logn-s1" in summary
     for png in ("curves.png", "plateau.png"):
         assert (folder / "results" / png).read_bytes().startswith(b"\x89PNG"), png
+
+
+def test_a_run_without_omega_reports_no_movement(tmp_path):
+    from bench.study.runner import omega_movement
+
+    assert omega_movement(tmp_path) is None
 
 
 def test_a_bad_run_name_is_one_clear_error(tmp_path):

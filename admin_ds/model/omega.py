@@ -122,6 +122,11 @@ class OmegaProfile:
             raise UserError(f"profile file not found: {path}") from None
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not a text profile file (invalid UTF-8 at byte {err.start})") from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def from_text(cls, text: str, path: str = "profile") -> OmegaProfile:
+        """Parse the text of a profile file (``read``'s format); ``path`` names it in errors."""
         blocks: list[list[float]] = []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():

@@ -194,6 +194,7 @@ def result_of(run: Run, run_dir: Path, status: str, scores: dict, score_seconds:
         "name": run.name, "group": run.group, "shape": run.shape, "status": status,
         "settings": run.settings, "give_up": run.give_up, "updates_done": updates_done(run_dir),
         **summarise(run_dir / "metrics.jsonl", run.updates),
+        "omega_moved": omega_movement(run_dir),
         **scores,
         "segments": state["segments"],
         "wall_minutes": round((train_seconds + score_seconds) / 60.0, 2),
@@ -202,6 +203,29 @@ def result_of(run: Run, run_dir: Path, status: str, scores: dict, score_seconds:
         "python": platform.python_version(), "torch": _torch_version(), "commit": _commit(),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def omega_movement(run_dir: Path) -> Optional[dict]:
+    """How far ω moved in training: each sublayer's mean ω at the ``latest`` checkpoint (its client state,
+    read from the fp32 masters) against its start (``omega.profile``, written by the hook before update 1).
+    ``max_abs`` and ``mean_abs`` over the sublayers, ``max_relative`` the largest change over its start;
+    None for a run without ω."""
+    from admin_ds.checkpoints.pickles import torch_load
+    from admin_ds.checkpoints.zero import model_states_file
+    from admin_ds.model.omega import OmegaProfile
+
+    start_file, tag = run_dir / "omega.profile", latest_tag(run_dir)
+    if not start_file.is_file() or tag is None:
+        return None
+    states_file = model_states_file(run_dir / tag)
+    text = torch_load(states_file).get("omega") if states_file else None
+    if not text:
+        return None
+    start = OmegaProfile.read(start_file).to_tensor()
+    change = OmegaProfile.from_text(text, f"{states_file} client state").to_tensor() - start
+    return {"update": step_of(tag), "max_abs": round(float(change.abs().max()), 6),
+            "mean_abs": round(float(change.abs().mean()), 6),
+            "max_relative": round(float((change.abs() / start).max()), 6)}
 
 
 def prune_finished(run_dir: Path) -> None:
