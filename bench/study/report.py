@@ -12,7 +12,7 @@ from bench.study.curves import PLATEAU_UPDATES, sat_on_plateau
 from bench.study.plan import Plan
 
 # The updates at which the settings table compares the probes' dev loss.
-PROBE_CHECKPOINTS = (100, 200, 300)
+PROBE_CHECKPOINTS = (100, 150, 200, 300)
 
 
 def read_results(folder: Path, plan: Plan) -> list[dict]:
