@@ -228,15 +228,15 @@ def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
     # flat to the end is a stall, not a plateau the run left
     assert not sat_on_plateau(longest_flat(stuck), 6.36)
 
-    def probe(name, seed, curve):
+    def probe(name, seed, curve, stalled=False):
         return {"name": f"{name}-s{seed}", "settings": {"seed": seed}, "dev_loss": curve,
-                "longest_flat": longest_flat(curve), "last_dev_loss": curve[-1][1]}
+                "longest_flat": longest_flat(curve), "last_dev_loss": curve[-1][1], "stalled": stalled}
 
     table = plateau_settings_table([probe("plateau-admin", 1, plateaued), probe("plateau-admin", 2, falling),
-                                    probe("plateau-pre-ln", 1, falling)]).splitlines()
+                                    probe("plateau-pre-ln", 1, falling, stalled=True)]).splitlines()
     assert table[2] == ("| plateau-admin | 1, 2 | 5.62 (5.60-5.65) | 5.51 (5.40-5.62) | 5.43 (5.20-5.66) "
-                        "| 4.95 (4.90-5.00) | 1 of 2 (seed 1) |")
-    assert table[3] == "| plateau-pre-ln | 1 | 5.60 | 5.40 | 5.20 | 4.90 | 0 of 1 |"
+                        "| 4.95 (4.90-5.00) | 1 of 2 (seed 1) | 0 of 2 |")
+    assert table[3] == "| plateau-pre-ln | 1 | 5.60 | 5.40 | 5.20 | 4.90 | 0 of 1 | 1 of 1 |"
 
 
 @pytest.mark.slow

@@ -75,18 +75,20 @@ def _spread(values: list[float]) -> str:
 
 def plateau_settings_table(probes: list[dict]) -> str:
     """A row per setting over its seeds: the dev loss at PROBE_CHECKPOINTS (mean, and the range across
-    seeds) and how many seeds sat on a plateau (`curves.sat_on_plateau`)."""
+    seeds), how many seeds sat on a plateau (`curves.sat_on_plateau`) and how many stalled (never left the
+    first loss: `curves.outcome`)."""
     header = " | ".join(f"dev loss at {u}" for u in PROBE_CHECKPOINTS)
-    lines = [f"| setting | seeds | {header} | seeds with a plateau (>= {PLATEAU_UPDATES} updates) |",
-             "|" + "---|" * (3 + len(PROBE_CHECKPOINTS))]
+    lines = [f"| setting | seeds | {header} | seeds with a plateau (>= {PLATEAU_UPDATES} updates) | seeds stalled |",
+             "|" + "---|" * (4 + len(PROBE_CHECKPOINTS))]
     for setting in dict.fromkeys(setting_of(r) for r in probes):
         runs = [r for r in probes if setting_of(r) == setting]
         at = [" | ".join(_spread([dict(map(tuple, r["dev_loss"]))[u] for r in runs
                                   if u in dict(map(tuple, r["dev_loss"]))]) for u in PROBE_CHECKPOINTS)]
         plateaus = [str(r["settings"]["seed"]) for r in runs if sat_on_plateau(r["longest_flat"], r["last_dev_loss"])]
         seeds = ", ".join(str(r["settings"]["seed"]) for r in runs)
+        stalled = sum(bool(r.get("stalled")) for r in runs)
         lines.append(f"| {setting} | {seeds} | {at[0]} | {len(plateaus)} of {len(runs)}"
-                     + (f" (seed {', '.join(plateaus)})" if plateaus else "") + " |")
+                     + (f" (seed {', '.join(plateaus)})" if plateaus else "") + f" | {stalled} of {len(runs)} |")
     return "\n".join(lines)
 
 
