@@ -84,6 +84,13 @@ def sat_on_plateau(flat: dict, last_dev_loss: float | None) -> bool:
             and flat["dev_loss"] >= last_dev_loss * (1 + PLATEAU_ABOVE_END))
 
 
+def stuck_to_the_end(flat: dict, last_update: int) -> bool:
+    """Whether a run's longest flat stretch lasted at least PLATEAU_UPDATES and to its last validation: it
+    never left it (deep Post-LN at the unigram loss), which `outcome`'s stall, measured from the first
+    validation, misses when that one came before the fall to the unigram loss."""
+    return flat["updates"] >= PLATEAU_UPDATES and flat["to_update"] == last_update
+
+
 def outcome(rows: list[dict], curve: list[list]) -> dict:
     """diverged: a non-finite loss, a rollback, or a last training loss above the first; stalled: the best
     dev loss less than STALL_FRACTION below the first dev loss."""
