@@ -138,9 +138,21 @@ def plot_curves(results: list[dict], out: Path) -> Path | None:
     return path
 
 
+# The probes every panel of plateau.png repeats as a grey mean curve, to read the other settings against.
+REFERENCE_SETTINGS = {"plateau-pre-ln": "--", "plateau-admin": ":"}
+
+
+def _mean_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
+    """The mean dev loss over seeds at each update all of them validated at."""
+    curves = [dict(map(tuple, r["dev_loss"])) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return steps, [sum(c[u] for c in curves) / len(curves) for u in steps]
+
+
 def plot_plateau(results: list[dict], out: Path) -> Path | None:
     """The probes' dev loss over updates, a panel per setting (the run name without its seed), a line per
-    seed: how often a plateau shows, and which setting removes it."""
+    seed, with the mean of Pre-LN's and of profiled Admin's seeds in grey: how often a plateau shows, and
+    which setting removes it."""
     probes = [r for r in results if r["group"] == "plateau" and r["dev_loss"]]
     if not probes:
         return None
@@ -149,21 +161,32 @@ def plot_plateau(results: list[dict], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = list(dict.fromkeys(r["name"].rsplit("-s", 1)[0] for r in probes))
+    variants = list(dict.fromkeys(setting_of(r) for r in probes))
+    references = {name: _mean_curve([r for r in probes if setting_of(r) == name])
+                  for name in REFERENCE_SETTINGS if name in variants}
     columns = min(3, len(variants))
     rows = -(-len(variants) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), sharex=True, sharey=True,
+                             squeeze=False, constrained_layout=True)
     for ax, variant in zip(axes.flat, variants):
-        for r in (r for r in probes if r["name"].rsplit("-s", 1)[0] == variant):
+        for name, (steps, losses) in references.items():
+            if name != variant:
+                ax.plot(steps, losses, REFERENCE_SETTINGS[name], color="grey", label=f"{name} (mean)")
+        for r in (r for r in probes if setting_of(r) == variant):
             ax.plot(*zip(*r["dev_loss"]), "o-", markersize=2, label=f"seed {r['settings']['seed']}")
-        ax.set(title=variant, xlabel="update")
+        ax.set(title=variant, ylim=(4.5, 6.6))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("dev loss")
+    for column in range(columns):
+        shown = [ax for ax in axes[:, column] if ax in axes.flat[:len(variants)]]
+        shown[-1].set_xlabel("update")
+        shown[-1].xaxis.set_tick_params(labelbottom=True)  # sharex hides them above an empty panel
     for ax in axes.flat[len(variants):]:
         ax.set_visible(False)
-    axes[0][0].set_ylabel("dev loss")
     path = out / "plateau.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
