@@ -62,8 +62,8 @@ def plateau_table(results: list[dict]) -> str:
 
 
 def setting_of(result: dict) -> str:
-    """A probe's setting: its name without the seed."""
-    return result["name"].rsplit("-s", 1)[0]
+    """A probe's setting: its name without the ``-sSEED`` the plan appended (plan._expand)."""
+    return result["name"].removesuffix(f"-s{result['settings']['seed']}")
 
 
 def _spread(values: list[float]) -> str:
@@ -83,12 +83,12 @@ def plateau_settings_table(probes: list[dict]) -> str:
              "|" + "---|" * (4 + len(PROBE_CHECKPOINTS))]
     for setting in dict.fromkeys(setting_of(r) for r in probes):
         runs = [r for r in probes if setting_of(r) == setting]
-        at = [" | ".join(_spread([dict(map(tuple, r["dev_loss"]))[u] for r in runs
-                                  if u in dict(map(tuple, r["dev_loss"]))]) for u in PROBE_CHECKPOINTS)]
+        curves = [dict(map(tuple, r["dev_loss"])) for r in runs]
+        at = " | ".join(_spread([c[u] for c in curves if u in c]) for u in PROBE_CHECKPOINTS)
         plateaus = [str(r["settings"]["seed"]) for r in runs if sat_on_plateau(r["longest_flat"], r["last_dev_loss"])]
         seeds = ", ".join(str(r["settings"]["seed"]) for r in runs)
         stuck = sum(stuck_to_the_end(r["longest_flat"], r["dev_loss"][-1][0]) for r in runs)
-        lines.append(f"| {setting} | {seeds} | {at[0]} | {len(plateaus)} of {len(runs)}"
+        lines.append(f"| {setting} | {seeds} | {at} | {len(plateaus)} of {len(runs)}"
                      + (f" (seed {', '.join(plateaus)})" if plateaus else "") + f" | {stuck} of {len(runs)} |")
     return "\n".join(lines)
 

@@ -209,7 +209,8 @@ def omega_movement(run_dir: Path) -> Optional[dict]:
     """How far ω moved in training: each sublayer's mean ω at the ``latest`` checkpoint (its client state,
     read from the fp32 masters) against its start (``omega.profile``, written by the hook before update 1).
     ``max_abs`` and ``mean_abs`` over the sublayers, ``max_relative`` the largest change over its start;
-    None for a run without ω."""
+    None for a run without ω. Not ``load_model``: a one-process bf16 run (ZeRO-0) saves its bf16 working
+    weights as the module, whose rounding (up to 0.016 near ω = 4) is as large as the movement measured."""
     from admin_ds.checkpoints.pickles import torch_load
     from admin_ds.checkpoints.zero import model_states_file
     from admin_ds.model.omega import OmegaProfile
