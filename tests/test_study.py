@@ -142,6 +142,56 @@ def test_the_full_plan_is_what_the_study_asks_for():
     assert plan.data["vocab_size"] == 8000 and not plan.data.get("train_lines") and not plan.data.get("test_lines")
 
 
+def test_give_up_rules_stop_a_stalled_run_and_not_a_training_one(tmp_path):
+    from bench.study.runner import gives_up
+
+    never_left = {"at_update": 400, "if_best_dev_loss_above": 6.0}
+    flat = {"at_update": 600, "since_update": 300, "if_best_fell_less_than": 0.02}
+
+    def run_with(curve):
+        rows = [{"step": step, "valid_loss": loss} for step, loss in curve]
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return tmp_path
+
+    at_unigram = run_with([(100, 6.5), (200, 6.4), (300, 6.35), (400, 6.33), (500, 6.3), (600, 6.3)])
+    assert gives_up(never_left, at_unigram) and gives_up(flat, at_unigram)
+    # a little below the unigram loss and flat: only the flat-stretch rule catches it
+    below = run_with([(100, 7.0), (200, 6.05), (300, 5.95), (400, 5.95), (500, 5.90), (600, 5.85)])
+    assert not gives_up(never_left, below) and gives_up(flat, below)
+    # 5.95 -> 5.80 is a fall of 2.5%: still training; so is a run falling fast
+    assert not gives_up(flat, run_with([(100, 7.0), (300, 5.95), (600, 5.80)]))
+    assert not gives_up(flat, run_with([(100, 6.6), (300, 5.2), (600, 4.5), (700, 9.0)]))
+    # a validation after at_update does not count: the rule is read at its update
+    assert gives_up(flat, run_with([(100, 6.6), (300, 5.95), (600, 5.9), (700, 4.0)]))
+
+
+@pytest.mark.parametrize("give_up, problem", [
+    ({"at_update": 800}, "needs an integer at_update and"),
+    ({"at_update": "800", "if_best_dev_loss_above": 6.0}, "needs an integer at_update and"),
+    ({"at_update": 800, "if_best_fell_less_than": 0.02}, "needs a since_update before its at_update"),
+    ({"at_update": 800, "since_update": 900, "if_best_fell_less_than": 0.02}, "needs a since_update before"),
+    ([{"at_update": 800, "if_best_dev_loss_above": 6.0}, {"at_update": 800, "if_best_dev_loss_above": 5.0}],
+     "two give_up rules at the same update"),
+])
+def test_a_bad_give_up_rule_is_one_clear_error(tmp_path, give_up, problem):
+    from admin_ds.errors import UserError
+    from bench.study.plan import QUICK_PLAN, load_plan
+
+    plan = json.loads(QUICK_PLAN.read_text())
+    plan["runs"][0]["give_up"] = give_up
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(UserError, match=problem):
+        load_plan(tmp_path / "plan.json")
+
+
+def test_deep_post_ln_gives_up_at_the_unigram_loss_or_on_a_flat_stretch():
+    from bench.study.plan import FULL_PLAN, load_plan
+
+    rules = load_plan(FULL_PLAN).run("deep-post-ln").give_up
+    assert [rule["at_update"] for rule in rules] == [800, 1200]
+    assert all(not run.give_up for run in load_plan(FULL_PLAN).runs if run.settings["residual"] != "post-ln")
+
+
 def test_omega_probes_pass_their_learning_rate_scale_and_the_other_runs_do_not():
     from bench.study.plan import FULL_PLAN, load_plan
 

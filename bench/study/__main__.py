@@ -133,15 +133,15 @@ def advance(study: Study, run: Run) -> str:
         return "skipped"
     reserve = (study.plan.shapes[run.shape].get("eval_minutes") or 0.0) if run.score else 0.0
     status = "finished"
-    stages = ([run.give_up["at_update"]] if run.give_up else []) + [run.updates]
-    for stage in stages:
+    rules = {rule["at_update"]: rule for rule in run.give_up}
+    for stage in sorted(rules) + [run.updates]:
         reached = train_to(study, run, stage, reserve)
         if reached != "reached":
             if reached == "diverged":
                 status = "diverged"
                 break
             return reached
-        if stage != run.updates and gives_up(run, study.run_dir(run)):
+        if stage in rules and gives_up(rules[stage], study.run_dir(run)):
             status = "gave_up"
             break
     scores, seconds = dict(NOT_SCORED), 0.0

@@ -44,7 +44,7 @@ class Run:
     group: str
     shape: str
     settings: dict
-    give_up: Optional[dict] = None
+    give_up: tuple[dict, ...] = ()
 
     @property
     def updates(self) -> int:
@@ -107,11 +107,29 @@ def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
              if key not in ("updates_per_minute", "eval_minutes")}
     own = {key: value for key, value in entry.items() if key not in ("name", "group", "shape", "seeds", "give_up")}
     settings = {**recipe, **shape, **groups[group], **own}
+    rules = _give_up_rules(entry)
     seeds = entry.get("seeds")
     if seeds is None:
-        return [Run(entry["name"], group, entry["shape"], settings, entry.get("give_up"))]
-    return [Run(f"{entry['name']}-s{seed}", group, entry["shape"], {**settings, "seed": seed}, entry.get("give_up"))
+        return [Run(entry["name"], group, entry["shape"], settings, rules)]
+    return [Run(f"{entry['name']}-s{seed}", group, entry["shape"], {**settings, "seed": seed}, rules)
             for seed in seeds]
+
+
+def _give_up_rules(entry: dict) -> tuple[dict, ...]:
+    """A run's early stops (one rule or a list), each checked: bench/study/runner.py's ``gives_up`` reads them."""
+    rules = entry.get("give_up") or []
+    rules = [rules] if isinstance(rules, dict) else rules
+    for rule in rules:
+        if (not isinstance(rule, dict) or not isinstance(rule.get("at_update"), int)
+                or not {"if_best_dev_loss_above", "if_best_fell_less_than"} & set(rule)):
+            raise UserError(f"run {entry.get('name')!r}: each give_up rule needs an integer at_update and "
+                            "if_best_dev_loss_above or if_best_fell_less_than")
+        if "if_best_fell_less_than" in rule and not 0 <= rule.get("since_update", -1) < rule["at_update"]:
+            raise UserError(f"run {entry.get('name')!r}: a give_up rule with if_best_fell_less_than needs a "
+                            "since_update before its at_update")
+    if len({rule["at_update"] for rule in rules}) != len(rules):
+        raise UserError(f"run {entry.get('name')!r}: two give_up rules at the same update")
+    return tuple(rules)
 
 
 def load_plan(path: Path) -> Plan:

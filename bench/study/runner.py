@@ -176,14 +176,21 @@ NOT_SCORED = {"bleu": None, "chrf": None, "bleu_signature": None, "chrf_signatur
               "beam": None, "averaged_updates": [], "translate_seconds": None}
 
 
-def gives_up(run: Run, run_dir: Path) -> bool:
-    """The plan's early stop for a run expected to fail (deep Post-LN): its best dev loss by update
-    ``at_update`` is still above the threshold."""
-    if not run.give_up:
+def gives_up(rule: dict, run_dir: Path) -> bool:
+    """One of the plan's early stops for a run expected to fail (deep Post-LN), checked at update
+    ``at_update``: its best dev loss is still above ``if_best_dev_loss_above`` (it never left the unigram
+    loss), or it fell by less than the fraction ``if_best_fell_less_than`` since update ``since_update`` (a
+    flat stretch a little below it). A rule gives one condition or both; either stops the run."""
+    curve = [(row["step"], row["valid_loss"]) for row in read_rows(run_dir / "metrics.jsonl")
+             if "valid_loss" in row and row["step"] <= rule["at_update"]]
+    if not curve:
         return False
-    curve = [row["valid_loss"] for row in read_rows(run_dir / "metrics.jsonl")
-             if "valid_loss" in row and row["step"] <= run.give_up["at_update"]]
-    return bool(curve) and min(curve) > run.give_up["if_best_dev_loss_above"]
+    best = min(loss for _, loss in curve)
+    if "if_best_dev_loss_above" in rule and best > rule["if_best_dev_loss_above"]:
+        return True
+    before = [loss for step, loss in curve if step <= rule.get("since_update", -1)]
+    return ("if_best_fell_less_than" in rule and bool(before)
+            and best > min(before) * (1.0 - rule["if_best_fell_less_than"]))
 
 
 def result_of(run: Run, run_dir: Path, status: str, scores: dict, score_seconds: float) -> dict:
@@ -192,8 +199,8 @@ def result_of(run: Run, run_dir: Path, status: str, scores: dict, score_seconds:
     train_seconds = sum(segment["seconds"] for segment in state["segments"])
     return {
         "name": run.name, "group": run.group, "shape": run.shape, "status": status,
-        "settings": run.settings, "give_up": run.give_up, "updates_done": updates_done(run_dir),
-        **summarise(run_dir / "metrics.jsonl", run.updates),
+        "settings": run.settings, "give_up": list(run.give_up) or None, "updates_done": updates_done(run_dir),
+        **summarise(run_dir / "metrics.jsonl", min(run.updates, updates_done(run_dir))),  # gave up: its own fifth
         "omega_moved": omega_movement(run_dir),
         **scores,
         "segments": state["segments"],
