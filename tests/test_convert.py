@@ -350,3 +350,40 @@ def test_convert_carries_the_tokenizer_or_says_it_cannot(tmp_path, caplog):
     assert "no sentencepiece model" not in caplog.text
     assert (tmp_path / "out2" / "spm.model").read_bytes() == (tmp_path / "bare" / "spm.model").read_bytes()
     assert json.loads((tmp_path / "out2" / "config.json").read_text())["spm_model"] == "spm.model"
+
+
+def fused_half_checkpoint(tmp_path: Path, flats) -> Path:
+    """A ZeRO-0 checkpoint laid out as DeepSpeed's FP16_Optimizer (fused optimizers) saves it: bf16 working
+    weights as the module, the fp32 masters as one flat tensor per optimizer group."""
+    model = build_model("admin-tiny")
+    tag_dir = tmp_path / "global_step1"
+    tag_dir.mkdir(parents=True)
+    masters = flats(model)
+    states = {"module": {name: tensor.bfloat16() for name, tensor in model.state_dict().items()},
+              "optimizer": {"fp32_groups_flat": masters}, "model_config": model.cfg.to_dict()}
+    torch.save(states, tag_dir / "mp_rank_00_model_states.pt")
+    return tag_dir
+
+
+def test_a_fused_half_zero0_checkpoint_loads_its_flat_fp32_masters(tmp_path):
+    def flats(model):
+        torch.manual_seed(3)
+        for param in model.parameters():
+            param.data.add_(torch.randn_like(param) * 1e-3)  # values between bf16 steps
+        return [torch.cat([param.detach().reshape(-1) for param in model.parameters()])]
+
+    tag_dir = fused_half_checkpoint(tmp_path, flats)
+    expected = torch.load(tag_dir / "mp_rank_00_model_states.pt")["optimizer"]["fp32_groups_flat"][0]
+    loaded = torch.cat([param.detach().reshape(-1) for param in admin_ds.load_model(tag_dir).parameters()])
+    assert torch.equal(loaded, expected)
+
+
+@pytest.mark.parametrize("flats, problem", [
+    (lambda model: [torch.zeros(5)], "do not fit the model's parameters"),
+    (lambda model: [torch.cat([p.detach().reshape(-1) for p in model.parameters()]).flip(0)],
+     "does not match its working weight"),
+])
+def test_fp32_masters_that_do_not_fit_are_one_clear_error(tmp_path, flats, problem):
+    tag_dir = fused_half_checkpoint(tmp_path, flats)
+    with pytest.raises(admin_ds.errors.UserError, match=problem):
+        admin_ds.load_model(tag_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import admin_ds
 from admin_ds.checkpoints.zero import model_states_file
 from admin_ds.model import OmegaProfile
 
@@ -169,6 +170,25 @@ def test_exact_resume(tmp_path_factory, synthetic_data, stage, precision):
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     assert not torch.equal(weights(first, "first")["src_embed.table.weight"], a["src_embed.table.weight"])
+
+
+@pytest.mark.slow
+def test_a_half_precision_zero0_checkpoint_loads_its_fp32_masters(tmp_path, synthetic_data):
+    """ZeRO-0 in bf16 saves its bf16 working weights as the module and the fp32 masters only in the optimizer
+    state: load_model reads the masters, with ω in the optimizer's own group or not."""
+    config = ds_config(tmp_path, 0, "bf16")
+    cases = [{"name": name, "save_masters": True,
+              "argv": train_argv(synthetic_data, tmp_path / name, config, 4, "--save-interval", "4", *extra)}
+             for name, extra in (("one-group", []), ("omega-group", ["--omega-lr-scale", "0.5"]))]
+    out = run_cases(tmp_path, cases, "masters")
+    for name in ("one-group", "omega-group"):
+        masters = torch.load(out / f"{name}-rank0-masters.pt")
+        loaded = dict(admin_ds.load_model(tmp_path / name).named_parameters())
+        assert loaded.keys() == masters.keys()
+        for key, master in masters.items():
+            assert torch.equal(loaded[key].detach(), master), f"{name}: {key} is not its fp32 master"
+        table = masters["src_embed.table.weight"]
+        assert not torch.equal(table, table.bfloat16().float()), "the masters must hold more than bf16 values"
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Reading DeepSpeed checkpoints of ``admin-ds train`` at any ZeRO stage and world size, one shard at a time.
 
-ZeRO-0 keeps the whole model in ``mp_rank_00_model_states.pt``; ZeRO-1/2/3 keep the fp32 master weights in
-one ``*_optim_states.pt`` shard per rank. The shards are read one after the other into a single fp32
+ZeRO-0 keeps the whole model in ``mp_rank_00_model_states.pt`` (in fp16/bf16 the module holds the working
+weights and the optimizer entry their fp32 masters); ZeRO-1/2/3 keep the fp32 master weights in one
+``*_optim_states.pt`` shard per rank. The shards are read one after the other into a single fp32
 model, so the process holds about one copy of the weights plus one shard (bench/bench_convert.py).
 The layouts read here are DeepSpeed's private ones; tests compare the result with DeepSpeed's own
 ``zero_to_fp32`` for every stage (tests/test_convert.py), on the DeepSpeed versions setup.py allows.
@@ -22,6 +23,7 @@ from admin_ds.checkpoints.pickles import torch_load
 from admin_ds.checkpoints.rundir import LATEST, TRAIN_CONFIG, latest_tag
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
+from admin_ds.model.residual import Residual
 
 
 # --- DeepSpeed files ----------------------------------------------------------------------------------
@@ -104,14 +106,84 @@ def read_deepspeed_checkpoint(path: Path, tag: Optional[str] = None,
     if not shards and states.get("param_shapes"):
         raise UserError(f"{tag_dir}: its optimizer shards (*_optim_states.pt), which hold the fp32 weights, are "
                         "missing")
-    if not shards:  # ZeRO-0: the model states hold the weights themselves
+    if not shards:  # ZeRO-0: the model states hold the weights, and in fp16/bf16 their fp32 masters
         for name, tensor in states["module"].items():
             filler.copy(name, tensor)
+        masters = zero0_fp32_masters(states.get("optimizer"))
+        if masters is not None:
+            _copy_zero0_masters(model, masters, states_file)
+            info["masters"] = "fp32"
     else:
         info.update(_read_zero_shards(tag_dir, states, shards, filler))
     del states
     filler.finish()
     return model, info
+
+
+def zero0_fp32_masters(optimizer_state) -> Optional[list[list[torch.Tensor]]]:
+    """The fp32 master weights of a ZeRO-0 fp16/bf16 run, per optimizer group, one tensor per parameter in
+    the group's order; None where the model states hold no masters (fp32: the weights are the masters).
+
+    Works around ZeRO-0 in half precision saving its half-precision working weights as the ``module``:
+    the fp32 masters are only in the optimizer's state, as ``fp32_groups_flat`` (DeepSpeed's
+    FP16_Optimizer, picked for fused optimizers: one flat tensor per group, parameters end to end) or
+    ``fp32_groups`` (FP16_UnfusedOptimizer: a list per group). Layouts of DeepSpeed 0.19."""
+    if not isinstance(optimizer_state, dict):
+        return None
+    if optimizer_state.get("fp32_groups") is not None:
+        return [list(group) for group in optimizer_state["fp32_groups"]]
+    if optimizer_state.get("fp32_groups_flat") is not None:
+        return [[flat] for flat in optimizer_state["fp32_groups_flat"]]  # cut into parameters by the caller
+    return None
+
+
+def _zero0_group_orders(model: TranslationModel) -> list[list[list[tuple[str, torch.nn.Parameter]]]]:
+    """The ways ``admin-ds train`` groups the parameters for its optimizer (training/setup.py's
+    ``parameter_groups``): all in model order, or, with a scaled ω learning rate, all but ω, then ω."""
+    params = list(model.named_parameters())
+    omegas = {id(m.omega) for m in model.modules() if isinstance(m, Residual) and m.omega is not None}
+    orders = [[params]]
+    if omegas:
+        orders.append([[(n, p) for n, p in params if id(p) not in omegas],
+                       [(n, p) for n, p in params if id(p) in omegas]])
+    return orders
+
+
+def _cut_into(group: list[torch.Tensor], members: list[tuple[str, torch.nn.Parameter]]) -> Optional[list]:
+    """A group's masters, one per member: as saved, or cut from one flat tensor; None if they do not fit."""
+    if len(group) == len(members) and all(t.shape == p.shape for t, (_, p) in zip(group, members)):
+        return group
+    if len(group) != 1 or group[0].dim() != 1 or group[0].numel() != sum(p.numel() for _, p in members):
+        return None
+    pieces, offset = [], 0
+    for _, param in members:
+        pieces.append(group[0][offset: offset + param.numel()].view(param.shape))
+        offset += param.numel()
+    return pieces
+
+
+def _copy_zero0_masters(model: TranslationModel, masters: list[list[torch.Tensor]], source: Path) -> None:
+    """Overwrite the model's weights (already filled with the working weights) with their fp32 masters. The
+    layout is matched by shapes, and each master must round to its working weight: a misread layout fails
+    loudly instead of exporting shuffled weights."""
+    for order in _zero0_group_orders(model):
+        if len(order) != len(masters):
+            continue
+        cut = [_cut_into(group, members) for group, members in zip(masters, order)]
+        if any(pieces is None for pieces in cut):
+            continue
+        pairs = [(member, master) for members, pieces in zip(order, cut) for member, master in zip(members, pieces)]
+        with torch.no_grad():
+            for (name, param), master in pairs:
+                working = param.detach().float()
+                if not torch.allclose(master.float(), working, rtol=1e-2, atol=1e-3):
+                    raise UserError(f"{source}: the fp32 master of {name} does not match its working weight "
+                                    "(an unexpected DeepSpeed layout); convert with a fp32 run's checkpoint")
+            for (_, param), master in pairs:
+                param.copy_(master)
+        return
+    raise UserError(f"{source}: its fp32 master weights ({len(masters)} optimizer groups) do not fit the model's "
+                    "parameters (a checkpoint of another architecture?)")
 
 
 def _read_zero_shards(tag_dir: Path, states: dict, shards: list[Path], filler: WeightFiller) -> dict:

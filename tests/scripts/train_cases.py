@@ -4,8 +4,9 @@
 
 CASES.json is a list of {"name": ..., "argv": [train flags...]}, optionally with "bad_grads": [RANK, "STEPS"]
 (inf gradients on one rank at those updates; see faults.py). Each case runs the real Trainer; then
-every rank saves its view of the full weights to OUT_DIR/NAME-rankR.pt and, for Admin models, ω as the
-weights hold it (gathered) and the size of this rank's own piece of the first ω to OUT_DIR/NAME-rankR.json.
+every rank saves its view of the full weights to OUT_DIR/NAME-rankR.pt (with "save_masters": true, also
+their fp32 masters to OUT_DIR/NAME-rankR-masters.pt) and, for Admin models, ω as the weights hold it
+(gathered) and the size of this rank's own piece of the first ω to OUT_DIR/NAME-rankR.json.
 Launch and import costs are paid once for all cases.
 """
 
@@ -47,6 +48,10 @@ def run_and_save(case: dict, trainer: Trainer, rank: int, out: Path) -> None:
     trainer.run()
     undo()
     torch.save(training_engine.gathered_state_dict(trainer.engine), out / f"{case['name']}-rank{rank}.pt")
+    if case.get("save_masters"):
+        masters = {name: training_engine.full_parameter(trainer.engine, param)
+                   for name, param in trainer.engine.module.named_parameters()}
+        torch.save(masters, out / f"{case['name']}-rank{rank}-masters.pt")
     if trainer.is_admin:
         profile = training_engine.omega_profile(trainer.engine)
         first = trainer.model.residuals("encoder")[0].omega
