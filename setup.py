@@ -18,6 +18,8 @@ setup(
         # layout; it is tested against DeepSpeed's own zero_to_fp32 on 0.19.8 (tests/test_convert.py).
         "deepspeed>=0.19.8,<0.20",
         "sentencepiece>=0.1.99",
+        # sentencepiece's model schema (sentencepiece_model_pb2), read when a trained model's paths are cleared
+        "protobuf>=3.20",
         "sacrebleu>=2.3",
         "numpy>=1.24",
         # 0.8's save_file writes from the tensors' memory; 0.4.5 made a second copy of the model.

@@ -39,6 +39,27 @@ def test_special_ids_are_fixed_and_text_round_trips(corpus_file, tmp_path, model
     ]
 
 
+def test_a_model_keeps_no_folders_of_the_machine_that_trained_it(corpus_file, tmp_path):
+    elsewhere = tmp_path / "another" / "folder"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / corpus_file.name).write_bytes(corpus_file.read_bytes())
+    first = train_sentencepiece([corpus_file], tmp_path / "m", vocab_size=120)
+    second = train_sentencepiece([elsewhere / corpus_file.name], elsewhere / "m", vocab_size=120)
+    assert first.read_bytes() == second.read_bytes()
+    for folder in (str(tmp_path), str(corpus_file.parent)):
+        assert folder.encode() not in first.read_bytes()
+    # only the trainer's record changed: the same pieces and scores as sentencepiece's own file
+    spm.SentencePieceTrainer.train(input=str(corpus_file), model_prefix=str(tmp_path / "own"), vocab_size=120,
+                                   model_type="bpe", character_coverage=1.0,
+                                   pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                                   hard_vocab_limit=False, minloglevel=2)
+    ours, own = spm.SentencePieceProcessor(model_file=str(first)), spm.SentencePieceProcessor(
+        model_file=str(tmp_path / "own.model"))
+    assert ours.get_piece_size() == own.get_piece_size()
+    assert all(ours.id_to_piece(i) == own.id_to_piece(i) and ours.get_score(i) == own.get_score(i)
+               for i in range(own.get_piece_size()))
+
+
 def test_vocab_size_is_a_soft_limit_on_small_corpora(corpus_file, tmp_path):
     tokenizer = Tokenizer(train_sentencepiece([corpus_file], tmp_path / "m", vocab_size=5000))
     assert 4 < tokenizer.vocab_size < 5000

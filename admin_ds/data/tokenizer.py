@@ -14,6 +14,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from admin_ds.errors import UserError
+from admin_ds.io import write_bytes_atomic
 from admin_ds.vocab import SPECIAL_IDS
 
 # Re-exported names for the ids that admin_ds.vocab owns.
@@ -77,7 +78,28 @@ def train_sentencepiece(
         )
     except RuntimeError as error:
         raise UserError(f"sentencepiece training failed: {_spm_message(error)}") from None
-    return Path(f"{model_prefix}.model")
+    model = Path(f"{model_prefix}.model")
+    keep_only_file_names(model)
+    return model
+
+
+def keep_only_file_names(model: Path) -> None:
+    """Cut the folders from the training inputs and model prefix that sentencepiece records in the model.
+
+    It stores its training options as given, so every model (and every export and upload that carries it)
+    would hold the preparing machine's absolute paths, and the same data prepared in two folders would give
+    two different files. Only the trainer's record changes: pieces, scores and normalisation stay byte for byte.
+    """
+    from sentencepiece import sentencepiece_model_pb2  # the model's protobuf schema, shipped with sentencepiece
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.read_bytes())
+    spec = proto.trainer_spec
+    names = [Path(path).name for path in spec.input]
+    del spec.input[:]
+    spec.input.extend(names)
+    spec.model_prefix = Path(spec.model_prefix).name
+    write_bytes_atomic(model, proto.SerializeToString())
 
 
 class Tokenizer:
