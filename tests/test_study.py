@@ -292,6 +292,25 @@ def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
     assert table[4] == "| plateau-post-ln | 1 | 6.38 | 6.37 | 6.37 | 6.36 | 0 of 1 | 1 of 1 |"
 
 
+def test_the_paper_table_puts_each_schemes_bleu_beside_the_papers():
+    from bench.study.report import paper_table
+
+    def result(name, residual, seed, bleu, status="finished", omega="profile", updates=2600):
+        return {"name": name, "shape": "deep", "status": status, "bleu": bleu, "updates_done": updates,
+                "diverged": False, "stalled": False,
+                "settings": {"residual": residual, "omega_init": omega, "seed": seed, "encoder_layers": 36,
+                             "decoder_layers": 12, "d_model": 128}}
+
+    study = [result("deep-post-ln", "post-ln", 1, None, status="gave_up", updates=1200),
+             result("deep-pre-ln-s1", "pre-ln", 1, 20.0), result("deep-pre-ln-s2", "pre-ln", 2, 21.0),
+             result("deep-admin-s1", "admin", 1, 22.5)]
+    lines = paper_table(study).splitlines()
+    assert lines[2] == "| WMT14 En-De 6L-6L (paper) | WMT14 newstest2014 | 27.80 | 27.27 | 27.90 | - |"
+    assert "| WMT14 En-Fr 60L-12L (paper) | WMT14 newstest2014 | diverged | 43.10 | 43.80 | - |" in lines
+    assert lines[-1] == ("| 36L-12L d=128 (ours) | Tatoeba de-en test | gave up at update 1200 "
+                         "| 20.50 (20.00-21.00) (2 seeds) | 22.50 | not run yet |")
+
+
 @pytest.mark.slow
 def test_a_stop_signal_checkpoints_the_run_and_the_next_invocation_resumes_it(tmp_path):
     """SIGTERM to the study mid-training: the trainer saves and exits 75, so does the study; the run then

@@ -93,6 +93,41 @@ def plateau_settings_table(probes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The paper's test BLEU (Liu et al. 2020, Tables 1 and 2), Post-LN / Pre-LN / Admin, beside which the study
+# puts its own: WMT14 En-De at 6L-6L, 12L-12L and 18L-18L, WMT14 En-Fr at 60L-12L (None: diverged).
+PAPER_BLEU = (("WMT14 En-De 6L-6L", (27.80, 27.27, 27.90)), ("WMT14 En-De 12L-12L", (None, 28.26, 28.58)),
+              ("WMT14 En-De 18L-18L", (None, 28.38, 29.03)), ("WMT14 En-Fr 60L-12L", (None, 43.10, 43.80)))
+SCHEMES = (("post-ln", None), ("pre-ln", None), ("admin", "profile"), ("admin", "logn"))
+
+
+def _bleu_cell(runs: list[dict]) -> str:
+    """BLEU of a scheme's runs at one shape: mean (range) over seeds, or what stopped them."""
+    if not runs:
+        return "not run yet"
+    scored = [r["bleu"] for r in runs if r["bleu"] is not None]
+    if not scored:
+        return " / ".join(f"{outcome_word(r)} at update {r['updates_done']}" for r in runs)
+    return _spread(scored) + (f" ({len(scored)} seeds)" if len(scored) > 1 else "")
+
+
+def paper_table(study: list[dict]) -> str:
+    """The paper's BLEU per depth beside the study's, one column per scheme (Admin with ω from its
+    profile, and, ours only, from admin-torch's closed form)."""
+    lines = ["| model | data | Post-LN | Pre-LN | Admin (profiled ω) | Admin (`logn` ω) |", "|" + "---|" * 6]
+    for model, bleus in PAPER_BLEU:
+        cells = ["diverged" if b is None else f"{b:.2f}" for b in bleus]
+        lines.append(f"| {model} (paper) | WMT14 newstest2014 | {' | '.join(cells)} | - |")
+    for shape in dict.fromkeys(r["shape"] for r in study):
+        runs = [r for r in study if r["shape"] == shape]
+        s = runs[0]["settings"]
+        cells = [_bleu_cell([r for r in runs if r["settings"]["residual"] == scheme
+                             and (omega is None or r["settings"].get("omega_init") == omega)])
+                 for scheme, omega in SCHEMES]
+        lines.append(f"| {s['encoder_layers']}L-{s['decoder_layers']}L d={s['d_model']} (ours) "
+                     f"| Tatoeba de-en test | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict]) -> str:
     machines = sorted({f"{r['cpu_model']} ({r['cpu_count']} cores, OMP_NUM_THREADS={r['omp_num_threads']})"
                        for r in results})
@@ -103,7 +138,8 @@ def markdown(results: list[dict]) -> str:
     if study:
         signatures = sorted({r["bleu_signature"] for r in study if r["bleu_signature"]})
         parts += ["## Trained models", "", study_table(study), "",
-                  "BLEU signature: " + "; ".join(f"`{s}`" for s in signatures), ""]
+                  "BLEU signature: " + ("; ".join(f"`{s}`" for s in signatures) or "none scored yet"), "",
+                  "## Beside the paper (test BLEU)", "", paper_table(study), ""]
     if probes:
         plateau = [r for r in probes if r["group"] == "plateau"]
         if plateau:
