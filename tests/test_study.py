@@ -172,6 +172,7 @@ def test_give_up_rules_stop_a_stalled_run_and_not_a_training_one(tmp_path):
     ({"at_update": 800, "since_update": 900, "if_best_fell_less_than": 0.02}, "needs a since_update before"),
     ([{"at_update": 800, "if_best_dev_loss_above": 6.0}, {"at_update": 800, "if_best_dev_loss_above": 5.0}],
      "two give_up rules at the same update"),
+    ({"at_update": 10 ** 6, "if_best_dev_loss_above": 6.0}, "must come before its last update"),
 ])
 def test_a_bad_give_up_rule_is_one_clear_error(tmp_path, give_up, problem):
     from admin_ds.errors import UserError

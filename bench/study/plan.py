@@ -108,6 +108,8 @@ def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
     own = {key: value for key, value in entry.items() if key not in ("name", "group", "shape", "seeds", "give_up")}
     settings = {**recipe, **shape, **groups[group], **own}
     rules = _give_up_rules(entry)
+    if any(rule["at_update"] >= int(settings.get("updates", 0)) for rule in rules):
+        raise UserError(f"run {entry.get('name')!r}: a give_up rule's at_update must come before its last update")
     seeds = entry.get("seeds")
     if seeds is None:
         return [Run(entry["name"], group, entry["shape"], settings, rules)]
