@@ -68,6 +68,24 @@ def test_best_export_and_patience_and_their_resume(tmp_path, synthetic_data):
     assert json.loads((resumed / "best" / "config.json").read_text())["best"]["step"] == best_step
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_a_bf16_best_export_holds_the_fp32_masters(tmp_path, synthetic_data, stage):
+    """In bf16 the module holds bf16 working weights: `best/` is written from their fp32 masters, the same
+    weights as the checkpoint of the best update read back (ZeRO-0: the optimizer's masters; ZeRO-2 and
+    ZeRO-3: the shards, gathered parameter by parameter)."""
+    run = tmp_path / "run"
+    run_cases(tmp_path, [{"name": "bf16", "argv": train_argv(
+        synthetic_data, run, ds_config(tmp_path, stage, "bf16"), 6, *EVERY, "--best-metric", "valid_loss",
+        "--save-interval", "2", "--keep-last", "100")}], "bf16")
+    best_step = json.loads((run / "best" / "config.json").read_text())["best"]["step"]
+    exported = read_export(run / "best").state_dict()
+    at_best = read_deepspeed_checkpoint(run, f"global_step{best_step}")[0].state_dict()
+    assert all(torch.equal(exported[key], at_best[key]) for key in at_best)
+    table = exported["src_embed.table.weight"]
+    assert not torch.equal(table, table.bfloat16().float()), "fp32 masters, not the bf16 working weights"
+
+
 def test_bad_best_and_patience_values():
     base = {"save_dir": "x", "max_steps": 1}
     with pytest.raises(UserError, match="--patience must be positive, got 0"):

@@ -20,7 +20,7 @@ from admin_ds.checkpoints.exports import write_export
 from admin_ds.checkpoints.rundir import HIGHER_IS_BETTER, tokenizer_files
 from admin_ds.model import TranslationModel
 from admin_ds.training.config import TrainConfig
-from admin_ds.training.engine import gathered_state_dict
+from admin_ds.training.engine import gathered_master_state_dict
 
 log = logging.getLogger("admin_ds")
 
@@ -86,8 +86,9 @@ class BestTracker:
 
 
 def write_best_export(engine, save_dir: Path, step: int, metric: str, value: float) -> None:
-    """Replace ``SAVE_DIR/best`` with the current weights as an fp32 export (every rank gathers, rank 0 writes)."""
-    state = gathered_state_dict(engine)
+    """Replace ``SAVE_DIR/best`` with the current weights as an fp32 export from their fp32 masters, as `convert`
+    would write the checkpoint of this update (every rank gathers, rank 0 writes)."""
+    state = gathered_master_state_dict(engine)
     if engine.global_rank != 0:
         return
     with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: leave training's stream be

@@ -49,6 +49,7 @@ from admin_ds.training.engine.steps import (
 )
 from admin_ds.training.engine.weights import (
     full_parameter,
+    gathered_master_state_dict,
     gathered_state_dict,
     omega_hook,
     omega_profile,
@@ -59,7 +60,7 @@ __all__ = [
     "StepResult", "add_deepspeed_arguments", "all_gather_texts", "all_reduce_sum", "barrier", "broadcast_from_rank0",
     "check_deepspeed_version", "check_ds_config", "clear_skip", "convert_to_universal", "cut_learning_rate",
     "engine_step_info", "exit_skipping_finalization",
-    "finish_distributed", "full_parameter", "gathered_state_dict", "init_distributed",
+    "finish_distributed", "full_parameter", "gathered_master_state_dict", "gathered_state_dict", "init_distributed",
     "initialize", "is_collective_failure", "load_checkpoint", "local_grad_norm", "loss_scale",
     "model_init_context", "omega_hook", "omega_profile", "parameter_count", "precision", "read_ds_config",
     "save_checkpoint", "set_parameters", "skip_next_step", "train_step", "world_size", "zero_stage",

@@ -60,6 +60,16 @@ def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().float().cpu().clone() for name, tensor in module.state_dict().items()}
 
 
+def gathered_master_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The full model state dict in fp32 on every rank, each parameter from its fp32 master (what a
+    checkpoint's reader exports, not the fp16/bf16 working copy of mixed precision), buffers as the module
+    holds them. A collective under ZeRO: every rank must call it."""
+    module = engine.module
+    masters = {id(param): full_parameter(engine, param) for param in module.parameters()}
+    return {name: masters[id(tensor)] if id(tensor) in masters else tensor.detach().float().cpu().clone()
+            for name, tensor in module.state_dict(keep_vars=True).items()}
+
+
 def omega_hook(engine, src_tokens: torch.Tensor, tgt_tokens: torch.Tensor, dropout: bool = True,
                profile: Optional[OmegaProfile] = None) -> OmegaProfile:
     """Admin's rank-0 hook, run after ``initialize`` and before the first optimizer step.
