@@ -100,6 +100,15 @@ PAPER_BLEU = (("WMT14 En-De 6L-6L", (27.80, 27.27, 27.90)), ("WMT14 En-De 12L-12
 SCHEMES = (("post-ln", None), ("pre-ln", None), ("admin", "profile"), ("admin", "logn"))
 
 
+SEED_STYLES = ("o-", "s--", "^:")  # a scheme keeps its colour across seeds; its seeds differ in line and marker
+
+
+def _scheme_of(result: dict) -> tuple:
+    """The (scheme, ω start) column of SCHEMES a run belongs to."""
+    residual = result["settings"]["residual"]
+    return (residual, result["settings"].get("omega_init") if residual == "admin" else None)
+
+
 def _bleu_cell(runs: list[dict]) -> str:
     """BLEU of a scheme's runs at one shape: mean (range) over seeds, or what stopped them."""
     if not runs:
@@ -120,9 +129,7 @@ def paper_table(study: list[dict]) -> str:
     for shape in dict.fromkeys(r["shape"] for r in study):
         runs = [r for r in study if r["shape"] == shape]
         s = runs[0]["settings"]
-        cells = [_bleu_cell([r for r in runs if r["settings"]["residual"] == scheme
-                             and (omega is None or r["settings"].get("omega_init") == omega)])
-                 for scheme, omega in SCHEMES]
+        cells = [_bleu_cell([r for r in runs if _scheme_of(r) == scheme]) for scheme in SCHEMES]
         lines.append(f"| {s['encoder_layers']}L-{s['decoder_layers']}L d={s['d_model']} (ours) "
                      f"| Tatoeba de-en test | {' | '.join(cells)} |")
     return "\n".join(lines)
@@ -162,7 +169,10 @@ def plot_curves(results: list[dict], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         for r in (r for r in study if r["shape"] == shape):
-            ax.plot(*zip(*r["dev_loss"]), "o-", markersize=2.5, label=r["name"])
+            scheme = _scheme_of(r)
+            color = f"C{SCHEMES.index(scheme)}" if scheme in SCHEMES else None
+            style = SEED_STYLES[(r["settings"]["seed"] - 1) % len(SEED_STYLES)]
+            ax.plot(*zip(*r["dev_loss"]), style, color=color, markersize=2.5, label=r["name"])
         s = next(r for r in study if r["shape"] == shape)["settings"]
         ax.set(title=f"{shape}: {s['encoder_layers']}-{s['decoder_layers']}, d={s['d_model']}", xlabel="update",
                ylabel="dev loss (label-smoothed, per token)")
