@@ -51,11 +51,15 @@ def test_only_the_engine_touches_deepspeed_and_torch_distributed():
 def test_deepspeed_internals_stay_in_one_module():
     """A DeepSpeed or torch internal (a private attribute or module-level default) is used in
     engine/internals.py only, behind a named function that says what it works around."""
-    internal = re.compile(r"\._config\b|__compatible_ops__|default_pg_timeout|\bds_numel\b|\bds_shape\b|"
-                          r"\bbase_lrs\b|\.overflow\b|[.\"']fp32_groups|refresh_fp32_params|import ds_to_universal|"
-                          r"torch\.load = |checkpoint_engine\.load")
-    offenders = [str(path.relative_to(REPO)) for path in SOURCES
-                 if path != ENGINE / "internals.py" and internal.search(path.read_text(encoding="utf-8"))]
+    engine_internals = (r"\._config\b|__compatible_ops__|default_pg_timeout|\bds_numel\b|\bds_shape\b|"
+                        r"\bbase_lrs\b|\.overflow\b|refresh_fp32_params|import ds_to_universal|"
+                        r"torch\.load = |checkpoint_engine\.load")
+    internal = re.compile(engine_internals + r"|[.\"']fp32_groups")
+    # checkpoints/zero.py reads the keys DeepSpeed saves its optimizers' masters under, in the files (not
+    # the live optimizer's attributes): that layout is its own contract, tested against real checkpoints.
+    rules = {PACKAGE / "checkpoints" / "zero.py": re.compile(engine_internals)}
+    offenders = [str(path.relative_to(REPO)) for path in SOURCES if path != ENGINE / "internals.py"
+                 and rules.get(path, internal).search(path.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
