@@ -23,7 +23,7 @@ from admin_ds.checkpoints.pickles import torch_load
 from admin_ds.checkpoints.rundir import LATEST, TRAIN_CONFIG, latest_tag
 from admin_ds.errors import UserError
 from admin_ds.model import ModelConfig, TranslationModel
-from admin_ds.model.residual import Residual
+from admin_ds.model.residual import omega_parameters
 
 
 # --- DeepSpeed files ----------------------------------------------------------------------------------
@@ -112,7 +112,6 @@ def read_deepspeed_checkpoint(path: Path, tag: Optional[str] = None,
         masters = zero0_fp32_masters(states.get("optimizer"))
         if masters is not None:
             _copy_zero0_masters(model, masters, states_file)
-            info["masters"] = "fp32"
     else:
         info.update(_read_zero_shards(tag_dir, states, shards, filler))
     del states
@@ -141,7 +140,7 @@ def _zero0_group_orders(model: TranslationModel) -> list[list[list[tuple[str, to
     """The ways ``admin-ds train`` groups the parameters for its optimizer (training/setup.py's
     ``parameter_groups``): all in model order, or, with a scaled ω learning rate, all but ω, then ω."""
     params = list(model.named_parameters())
-    omegas = {id(m.omega) for m in model.modules() if isinstance(m, Residual) and m.omega is not None}
+    omegas = {id(omega) for omega in omega_parameters(model)}
     orders = [[params]]
     if omegas:
         orders.append([[(n, p) for n, p in params if id(p) not in omegas],

@@ -77,3 +77,10 @@ class Residual(nn.Module):
             omega = self.profiler(x, y) if self.profiler is not None else self.omega
             return self.norm(torch.addcmul(y, x, omega.to(x.dtype)))  # ω ⊙ x + y in one pass
         return self.norm(torch.add(y, x, alpha=self.alpha))
+
+
+def omega_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Admin's shortcut scales ω of ``model``, in module order (the order ``named_parameters`` meets them);
+    empty for the other schemes. The trainer's optimizer groups and the checkpoint reader agree through it."""
+    return [m.omega for m in model.modules() if isinstance(m, Residual) and m.omega is not None]
+

@@ -13,7 +13,7 @@ from admin_ds.data import DataInfo
 from admin_ds.errors import UserError
 from admin_ds.io import read_json_object
 from admin_ds.model import ModelConfig
-from admin_ds.model.residual import Residual
+from admin_ds.model.residual import omega_parameters
 from admin_ds.training.config import ModelChoice, TrainConfig
 
 # DeepSpeed computes the global gradient norm (which we log) only when clipping is on; a bound that is
@@ -52,7 +52,7 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> 
     if "scheduler" in config:
         raise UserError("--omega-lr-scale needs our learning-rate schedule, but the DeepSpeed config has a "
                         "scheduler section that would set every group's rate: drop one of them")
-    omegas = [m.omega for m in model.modules() if isinstance(m, Residual) and m.omega is not None]
+    omegas = omega_parameters(model)
     if not omegas:
         raise UserError(f"--omega-lr-scale {cfg.omega_lr_scale} scales Admin's ω, but this model has none: "
                         "use it with --residual admin")

@@ -107,9 +107,7 @@ def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
              if key not in ("updates_per_minute", "eval_minutes")}
     own = {key: value for key, value in entry.items() if key not in ("name", "group", "shape", "seeds", "give_up")}
     settings = {**recipe, **shape, **groups[group], **own}
-    rules = _give_up_rules(entry)
-    if any(rule["at_update"] >= int(settings.get("updates", 0)) for rule in rules):
-        raise UserError(f"run {entry.get('name')!r}: a give_up rule's at_update must come before its last update")
+    rules = _give_up_rules(entry, int(settings.get("updates", 0)))
     seeds = entry.get("seeds")
     if seeds is None:
         return [Run(entry["name"], group, entry["shape"], settings, rules)]
@@ -117,8 +115,9 @@ def _expand(entry: dict, recipe: dict, groups: dict, shapes: dict) -> list[Run]:
             for seed in seeds]
 
 
-def _give_up_rules(entry: dict) -> tuple[dict, ...]:
-    """A run's early stops (one rule or a list), each checked: bench/study/runner.py's ``gives_up`` reads them."""
+def _give_up_rules(entry: dict, updates: int) -> tuple[dict, ...]:
+    """A run's early stops (one rule or a list), each checked, all before its last update (``updates``):
+    bench/study/runner.py's ``gives_up`` reads them."""
     rules = entry.get("give_up") or []
     rules = [rules] if isinstance(rules, dict) else rules
     for rule in rules:
@@ -131,6 +130,8 @@ def _give_up_rules(entry: dict) -> tuple[dict, ...]:
                             "since_update before its at_update")
     if len({rule["at_update"] for rule in rules}) != len(rules):
         raise UserError(f"run {entry.get('name')!r}: two give_up rules at the same update")
+    if any(rule["at_update"] >= updates for rule in rules):
+        raise UserError(f"run {entry.get('name')!r}: a give_up rule's at_update must come before its last update")
     return tuple(rules)
 
 
