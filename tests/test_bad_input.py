@@ -160,6 +160,9 @@ CASES = {
     "config not JSON": (lambda t, c: ds(t, c, "{ zero: 2"), "not valid JSON"),
     "config a JSON list": (lambda t, c: ds(t, c, "[1, 2]"), "JSON object"),
     "config missing": (lambda t, c: train_argv(t, c, "--deepspeed_config", t / "none.json"), "not found"),
+    "--optimizer beside the config's optimizer": (
+        lambda t, c: train_argv(t, c, "--optimizer", "radam", "--deepspeed_config", REPO / "ds_configs" /
+                                "cpu_bf16.json"), "--optimizer radam would not be used"),
     "gradient accumulation not a number": (lambda t, c: ds(t, c, {"gradient_accumulation_steps": "x",
                                                                   "train_micro_batch_size_per_gpu": 1}),
                                            "DeepSpeed config"),
@@ -188,6 +191,8 @@ CASES = {
     "train without an end": (lambda t, c: ["train", "--data", c["data"], "--save-dir", t / "out", *TINY],
                              "--max-steps"),
     "negative learning rate": (lambda t, c: train_argv(t, c, "--lr", "-1"), "--lr"),
+    "negative weight decay": (lambda t, c: train_argv(t, c, "--weight-decay", "-0.1"), "--weight-decay"),
+    "Adam beta of 1": (lambda t, c: train_argv(t, c, "--adam-betas", "0.9,1"), "--adam-betas"),
     "zero skip patience": (lambda t, c: train_argv(t, c, "--skip-patience", "0"), "--skip-patience"),
     "rollback factor above 1": (lambda t, c: train_argv(t, c, "--rollback-lr-factor", "2"), "--rollback-lr-factor"),
     "no collective timeout": (lambda t, c: train_argv(t, c, "--dist-timeout-minutes", "0"), "--dist-timeout-minutes"),

@@ -5,12 +5,16 @@ import math
 import pytest
 import torch
 
+from admin_ds.checkpoints.zero import model_states_file
+from admin_ds.cli import main as cli_main
 from admin_ds.errors import UserError
 from admin_ds.model import TranslationModel, preset_config
 from admin_ds.training.config import TrainConfig
 from admin_ds.training.engine import read_ds_config
 from admin_ds.training.schedule import inverse_sqrt_factor, inverse_sqrt_schedule
 from admin_ds.training.setup import build_optimizer, deepspeed_config
+
+from launch_util import REPO
 
 
 def test_inverse_sqrt_warmup_then_decay():
@@ -45,6 +49,39 @@ def test_optimizer_choice(name, kind):
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["lr"] == 3e-4
     # A config with its own optimizer section wins (FusedAdam on GPUs); --lr still sets its rate.
     assert build_optimizer(torch.nn.Linear(2, 2), cfg, {"optimizer": {"type": "Adam"}})[1] is None
+
+
+def test_optimizer_defaults_without_flags():
+    cfg = TrainConfig(save_dir="x", max_steps=1, lr=3e-4).validate()
+    _, optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg, {})
+    assert type(optimizer) is torch.optim.Adam
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["weight_decay"] == 0.0
+
+
+def test_deepspeed_optimizer_section_takes_the_flags_given_and_refuses_optimizer():
+    section = {"type": "Adam", "params": {"lr": 1.0, "betas": [0.9, 0.999], "weight_decay": 0.5, "eps": 1e-6}}
+    user = {"optimizer": section}
+    unset = deepspeed_config(user, TrainConfig(save_dir="x", max_steps=1, lr=2e-4).validate())
+    assert unset["optimizer"]["params"] == {"lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 0.5, "eps": 1e-6}
+    given = TrainConfig(save_dir="x", max_steps=1, lr=2e-4, adam_betas=(0.8, 0.95), weight_decay=0.01).validate()
+    params = deepspeed_config(user, given)["optimizer"]["params"]
+    assert params == {"lr": 2e-4, "betas": [0.8, 0.95], "weight_decay": 0.01, "eps": 1e-6}
+    assert section["params"]["lr"] == 1.0, "the user's config must be left as it was"
+    with pytest.raises(UserError, match="--optimizer radam would not be used.*Adam"):
+        deepspeed_config(user, TrainConfig(save_dir="x", max_steps=1, optimizer="radam").validate())
+
+
+def test_betas_and_weight_decay_reach_deepspeeds_own_optimizer(tmp_path, synthetic_data):
+    """One real update with the bf16 CPU config (DeepSpeed builds its Adam from the config's section): the
+    checkpoint's optimizer holds the flags' betas and weight decay, not the config's 0.9,0.98 and 0."""
+    save = tmp_path / "run"
+    assert cli_main(["train", "--data", str(synthetic_data), "--arch", "admin-tiny", "--save-dir", str(save),
+                     "--max-steps", "1", "--max-tokens", "300", "--no-tensorboard", "--validate-interval", "0",
+                     "--deepspeed_config", str(REPO / "ds_configs" / "cpu_bf16.json"), "--adam-betas", "0.8,0.95",
+                     "--weight-decay", "0.01"]) == 0
+    states = torch.load(model_states_file(save / "global_step1"), weights_only=False)
+    (group,) = states["optimizer"]["optimizer_state_dict"]["param_groups"]
+    assert tuple(group["betas"]) == (0.8, 0.95) and group["weight_decay"] == 0.01
 
 
 def test_deepspeed_config_gets_our_settings(tmp_path):

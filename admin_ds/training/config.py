@@ -83,10 +83,14 @@ class TrainConfig:
     lr: float = option(5e-4, help="peak learning rate after warm-up")
     warmup_updates: int = option(4000, help="linear warm-up, then inverse square root")
     warmup_init_lr: float = option(1e-7, help="learning rate at update 0")
-    optimizer: str = option("adam", help="torch.optim optimizer, used when the DeepSpeed config has no "
-                                         "optimizer section", choices=OPTIMIZERS)
-    adam_betas: tuple[float, float] = option((0.9, 0.98), help="Adam betas, e.g. 0.9,0.98", type=parse_betas)
-    weight_decay: float = option(0.0, help="weight decay of the optimizer")
+    optimizer: Optional[str] = option(None, help="torch.optim optimizer (none given: adam); refused beside a "
+                                                 "DeepSpeed config's optimizer section, which builds its own",
+                                      choices=OPTIMIZERS)
+    adam_betas: Optional[tuple[float, float]] = option(None, help="Adam betas, e.g. 0.9,0.98 (none given: the "
+                                                                  "DeepSpeed config's, else 0.9,0.98)",
+                                                       type=parse_betas)
+    weight_decay: Optional[float] = option(None, help="weight decay of the optimizer (none given: the DeepSpeed "
+                                                      "config's, else 0)")
     clip_norm: float = option(0.0, help="gradient clipping (0 = off; Admin needs none)")
     label_smoothing: float = option(0.1, help="label smoothing ε of the cross-entropy")
     omega_profile: Optional[str] = option(None, help="read ω from this profile file instead of profiling on "
@@ -148,8 +152,12 @@ class TrainConfig:
             flag = "patience" if self.patience is not None else "best-metric" if self.best_metric else "eval-bleu"
             raise UserError(f"--{flag} needs validation, but --validate-interval is 0")
         self._validate_eval_bleu()
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.weight_decay is not None and not 0.0 <= self.weight_decay < float("inf"):
+            raise UserError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.adam_betas is not None and not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise UserError(f"--adam-betas must be two numbers in [0, 1), got {self.adam_betas}")
         if not 0.0 <= self.omega_lr_scale < float("inf"):
             raise UserError(f"--omega-lr-scale must be a finite number >= 0, got {self.omega_lr_scale}")
         if self.omega_init not in OMEGA_INITS:

@@ -19,6 +19,7 @@ from admin_ds.training.config import ModelChoice, TrainConfig
 # DeepSpeed computes the global gradient norm (which we log) only when clipping is on; a bound that is
 # never reached multiplies gradients by exactly 1, so this clips nothing.
 NO_CLIP = 1e12
+DEFAULT_BETAS = (0.9, 0.98)  # the Transformer's (Vaswani et al.), as both Admin references train
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
 
@@ -33,10 +34,25 @@ def deepspeed_config(user_config: dict, cfg: TrainConfig) -> dict:
     elif "gradient_clipping" not in config:
         config["gradient_clipping"] = NO_CLIP
     if "optimizer" in config:
-        config["optimizer"].setdefault("params", {})["lr"] = cfg.lr
+        config["optimizer"] = optimizer_section(config["optimizer"], cfg)
     config.setdefault("steps_per_print", 10 ** 9)  # our own logging replaces DeepSpeed's
     refuse_compile_layers(cfg, config)
     return config
+
+
+def optimizer_section(section: dict, cfg: TrainConfig) -> dict:
+    """A DeepSpeed config's optimizer section with what our flags say: --lr always (the schedule's peak),
+    --adam-betas and --weight-decay where given. --optimizer names a torch optimizer that this section would
+    silently replace (DeepSpeed builds the optimizer the section names), so giving both is refused."""
+    if cfg.optimizer is not None:
+        raise UserError(f"--optimizer {cfg.optimizer} would not be used: the DeepSpeed config's optimizer section "
+                        f"({section.get('type', 'no type')}) builds the optimizer; drop the flag or the section")
+    params = {**section.get("params", {}), "lr": cfg.lr}
+    if cfg.adam_betas is not None:
+        params["betas"] = list(cfg.adam_betas)
+    if cfg.weight_decay is not None:
+        params["weight_decay"] = cfg.weight_decay
+    return {**section, "params": params}
 
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, config: dict) -> list:
@@ -81,8 +97,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     parameters = parameter_groups(model, cfg, config)
     if "optimizer" in config:
         return parameters, None
-    return parameters, OPTIMIZER_CLASSES[cfg.optimizer](parameters, lr=cfg.lr, betas=cfg.adam_betas,
-                                                        weight_decay=cfg.weight_decay)
+    betas = cfg.adam_betas if cfg.adam_betas is not None else DEFAULT_BETAS
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else 0.0
+    return parameters, OPTIMIZER_CLASSES[cfg.optimizer or "adam"](parameters, lr=cfg.lr, betas=betas,
+                                                                  weight_decay=weight_decay)
 
 
 def resolve_model_config(choice: ModelChoice, save_dir: Path, data_info: DataInfo, resume: bool) -> ModelConfig:
