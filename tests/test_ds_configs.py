@@ -42,7 +42,11 @@ def test_config_is_valid(path):
     precision = "fp16" if config.get("fp16", {}).get("enabled") else "bf16" if config.get("bf16", {}).get(
         "enabled") else "fp32"
     assert path.stem.endswith(precision)
+    # A *_torchoptim config leaves the optimizer to --optimizer (a section would replace it); the others
+    # name DeepSpeed's Adam, on CPUs its torch build.
+    assert ("optimizer" not in config) == ("torchoptim" in path.stem)
     if path.stem.startswith("cpu_"):
-        assert config["optimizer"]["params"].get("torch_adam"), "CPU configs must not need a compiled Adam"
+        assert config.get("optimizer", {"params": {"torch_adam": True}})["params"].get("torch_adam"), \
+            "CPU configs must not need a compiled Adam"
     else:
         assert config.get("fp16", config.get("bf16", {})).get("enabled"), "GPU configs train in half precision"

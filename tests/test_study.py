@@ -208,6 +208,26 @@ def test_omega_probes_pass_their_learning_rate_scale_and_the_other_runs_do_not()
                for run in others)
 
 
+def test_the_radam_probe_names_its_optimizer_and_a_config_that_lets_it(tmp_path):
+    from admin_ds.errors import UserError
+    from bench.study.plan import FULL_PLAN, load_plan
+
+    plan = load_plan(FULL_PLAN)
+    radam = plan.run("plateau-admin-radam-s2")
+    flags = radam.train_flags()
+    assert flags[flags.index("--optimizer") + 1] == "radam"
+    assert radam.deepspeed_config() == "ds_configs/cpu_torchoptim_bf16.json"
+    others = [run for run in plan.runs if not run.name.startswith("plateau-admin-radam")]
+    assert len(others) == len(plan.runs) - 3
+    assert all("--optimizer" not in run.train_flags() and run.deepspeed_config() == "ds_configs/cpu_bf16.json"
+               for run in others)
+    bad = json.loads(FULL_PLAN.read_text())
+    bad["runs"] = [{"name": "x", "group": "plateau", "shape": "deep", "residual": "admin", "optimizer": "sgd"}]
+    (tmp_path / "plan.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="optimizer must be one of adam, adamw, radam"):
+        load_plan(tmp_path / "plan.json")
+
+
 def test_a_run_whose_settings_changed_is_not_resumed(tmp_path):
     from admin_ds.errors import UserError
     from bench.study.plan import QUICK_PLAN, load_plan

@@ -25,7 +25,7 @@ from admin_ds.checkpoints.rundir import latest_tag, step_dirs, step_of
 from admin_ds.errors import UserError
 from admin_ds.io import write_json_atomic
 from bench.study.curves import read_rows, summarise
-from bench.study.plan import PRECISIONS, Run
+from bench.study.plan import Run
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = "study_state.json"
@@ -112,7 +112,7 @@ def train_segment(run: Run, data: Path, run_dir: Path, until: int, max_minutes: 
                         f"run a new name, or delete its run directory to start it again")
     argv = [sys.executable, "-m", "admin_ds", "train", "--data", str(data), "--save-dir", str(run_dir),
             *run.train_flags(), "--max-steps", str(until), "--no-tensorboard"]
-    config = PRECISIONS[run.settings["precision"]]
+    config = run.deepspeed_config()
     if config:
         argv += ["--deepspeed_config", str(REPO / config)]
     run_dir.mkdir(parents=True, exist_ok=True)
