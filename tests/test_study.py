@@ -288,7 +288,7 @@ def test_curve_fields_on_a_made_up_run():
 
 
 def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
-    from bench.study.curves import longest_flat, sat_on_plateau, stuck_to_the_end
+    from bench.study.curves import longest_flat, sat_on_plateau, still_on_plateau
     from bench.study.report import plateau_settings_table
 
     plateaued = [[50, 6.2], [100, 5.65], [150, 5.62], [200, 5.66], [250, 5.60], [300, 5.0]]
@@ -298,19 +298,26 @@ def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
     assert not sat_on_plateau(longest_flat(falling), 4.9)
     # flat to the end is a stall, not a plateau the run left
     assert not sat_on_plateau(longest_flat(stuck), 6.36)
-    assert stuck_to_the_end(longest_flat(stuck), 300) and not stuck_to_the_end(longest_flat(plateaued), 300)
+    assert still_on_plateau(longest_flat(stuck), 6.36) and not still_on_plateau(longest_flat(plateaued), 5.0)
+    # flat for 100 updates, then a crawl of 0.09 below it: not left (RAdam's seed 1 in the probes)
+    crawling = [[50, 6.9], [100, 5.88], [125, 5.78], [150, 5.78], [200, 5.78], [225, 5.75], [250, 5.67],
+                [300, 5.69]]
+    flat = longest_flat(crawling)
+    assert not sat_on_plateau(flat, 5.69) and still_on_plateau(flat, 5.69)
 
     def probe(name, seed, curve):
         return {"name": f"{name}-s{seed}", "settings": {"seed": seed}, "dev_loss": curve,
                 "longest_flat": longest_flat(curve), "last_dev_loss": curve[-1][1]}
 
     probes = [probe("plateau-admin", 1, plateaued), probe("plateau-admin", 2, falling),
-              probe("plateau-pre-ln", 1, falling), probe("plateau-post-ln", 1, stuck)]
+              probe("plateau-pre-ln", 1, falling), probe("plateau-post-ln", 1, stuck),
+              probe("plateau-radam", 1, crawling)]
     table = plateau_settings_table(probes).splitlines()
     assert table[2] == ("| plateau-admin | 1, 2 | 5.62 (5.60-5.65) | 5.51 (5.40-5.62) | 5.43 (5.20-5.66) "
                         "| 4.95 (4.90-5.00) | 1 of 2 (seed 1) | 0 of 2 |")
     assert table[3] == "| plateau-pre-ln | 1 | 5.60 | 5.40 | 5.20 | 4.90 | 0 of 1 | 0 of 1 |"
     assert table[4] == "| plateau-post-ln | 1 | 6.38 | 6.37 | 6.37 | 6.36 | 0 of 1 | 1 of 1 |"
+    assert table[5].endswith("| 0 of 1 | 1 of 1 |") and "within 5%" in table[0]
 
 
 def test_the_paper_table_puts_each_schemes_bleu_beside_the_papers():

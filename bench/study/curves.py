@@ -84,11 +84,14 @@ def sat_on_plateau(flat: dict, last_dev_loss: float | None) -> bool:
             and flat["dev_loss"] >= last_dev_loss * (1 + PLATEAU_ABOVE_END))
 
 
-def stuck_to_the_end(flat: dict, last_update: int) -> bool:
-    """Whether a run's longest flat stretch lasted at least PLATEAU_UPDATES and to its last validation: it
-    never left it (deep Post-LN at the unigram loss), which `outcome`'s stall, measured from the first
-    validation, misses when that one came before the fall to the unigram loss."""
-    return flat["updates"] >= PLATEAU_UPDATES and flat["to_update"] == last_update
+def still_on_plateau(flat: dict, last_dev_loss: float | None) -> bool:
+    """Whether a run sat flat for at least PLATEAU_UPDATES and never got PLATEAU_ABOVE_END below that
+    stretch's loss: flat to its end (deep Post-LN at the unigram loss), or crawling just below the stretch
+    (a probe that left it by a few hundredths), which `outcome`'s stall, measured from the first validation,
+    misses when that one came before the fall to the plateau. For the 300-update probes; over a whole run
+    a 50-update pause near the end is a slow-down, not a plateau."""
+    return (flat["updates"] >= PLATEAU_UPDATES and last_dev_loss is not None
+            and last_dev_loss >= flat["dev_loss"] * (1 - PLATEAU_ABOVE_END))
 
 
 def outcome(rows: list[dict], curve: list[list]) -> dict:

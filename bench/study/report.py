@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from admin_ds.io import write_text_atomic
-from bench.study.curves import PLATEAU_UPDATES, sat_on_plateau, stuck_to_the_end
+from bench.study.curves import PLATEAU_ABOVE_END, PLATEAU_UPDATES, sat_on_plateau, still_on_plateau
 from bench.study.plan import Plan
 
 # The updates at which the settings table compares the probes' dev loss.
@@ -75,11 +75,11 @@ def _spread(values: list[float]) -> str:
 
 def plateau_settings_table(probes: list[dict]) -> str:
     """A row per setting over its seeds: the dev loss at PROBE_CHECKPOINTS (mean, and the range across
-    seeds), how many seeds sat on a plateau they later left (`curves.sat_on_plateau`) and how many sat on one
-    to the end (`curves.stuck_to_the_end`)."""
+    seeds), how many seeds sat on a plateau they later left (`curves.sat_on_plateau`) and how many were still
+    on one at the end (`curves.still_on_plateau`)."""
     header = " | ".join(f"dev loss at {u}" for u in PROBE_CHECKPOINTS)
     lines = [f"| setting | seeds | {header} | seeds with a plateau (>= {PLATEAU_UPDATES} updates) "
-             "| seeds stuck to the end |",
+             f"| seeds still on it at the end (within {PLATEAU_ABOVE_END:.0%}) |",
              "|" + "---|" * (4 + len(PROBE_CHECKPOINTS))]
     for setting in dict.fromkeys(setting_of(r) for r in probes):
         runs = [r for r in probes if setting_of(r) == setting]
@@ -87,7 +87,7 @@ def plateau_settings_table(probes: list[dict]) -> str:
         at = " | ".join(_spread([c[u] for c in curves if u in c]) for u in PROBE_CHECKPOINTS)
         plateaus = [str(r["settings"]["seed"]) for r in runs if sat_on_plateau(r["longest_flat"], r["last_dev_loss"])]
         seeds = ", ".join(str(r["settings"]["seed"]) for r in runs)
-        stuck = sum(stuck_to_the_end(r["longest_flat"], r["dev_loss"][-1][0]) for r in runs)
+        stuck = sum(still_on_plateau(r["longest_flat"], r["last_dev_loss"]) for r in runs)
         lines.append(f"| {setting} | {seeds} | {at} | {len(plateaus)} of {len(runs)}"
                      + (f" (seed {', '.join(plateaus)})" if plateaus else "") + f" | {stuck} of {len(runs)} |")
     return "\n".join(lines)
