@@ -132,7 +132,7 @@ def test_the_full_plan_is_what_the_study_asks_for():
     assert shallow == {"admin", "pre-ln", "post-ln"}
     deep = sorted((r.settings["residual"], r.settings["omega_init"], r.settings["seed"])
                   for r in study_runs if r.shape == "deep")
-    assert deep == [("admin", "logn", 1), ("admin", "profile", 1), ("admin", "profile", 2),
+    assert deep == [("admin", "logn", 1), ("admin", "logn", 2), ("admin", "profile", 1), ("admin", "profile", 2),
                     ("post-ln", "profile", 1), ("pre-ln", "profile", 1), ("pre-ln", "profile", 2)]
     for run in study_runs:
         s = run.settings
