@@ -83,4 +83,3 @@ def omega_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Admin's shortcut scales ω of ``model``, in module order (the order ``named_parameters`` meets them);
     empty for the other schemes. The trainer's optimizer groups and the checkpoint reader agree through it."""
     return [m.omega for m in model.modules() if isinstance(m, Residual) and m.omega is not None]
-

@@ -16,6 +16,9 @@ from admin_ds.options import option
 from admin_ds.training.stopping import parse_stop_signals
 
 OPTIMIZERS = ("adam", "adamw", "radam")
+# What a torch optimizer gets when its flags are left out (the Transformer's betas, as both Admin references
+# train); a DeepSpeed config's optimizer section keeps its own values instead (training/setup.py).
+DEFAULT_OPTIMIZER, DEFAULT_BETAS, DEFAULT_WEIGHT_DECAY = "adam", (0.9, 0.98), 0.0
 BEST_METRICS = ("valid_loss", "bleu")  # lower is better for valid_loss, higher for bleu (training/best.py)
 
 
@@ -83,14 +86,15 @@ class TrainConfig:
     lr: float = option(5e-4, help="peak learning rate after warm-up")
     warmup_updates: int = option(4000, help="linear warm-up, then inverse square root")
     warmup_init_lr: float = option(1e-7, help="learning rate at update 0")
-    optimizer: Optional[str] = option(None, help="torch.optim optimizer (none given: adam); refused beside a "
-                                                 "DeepSpeed config's optimizer section, which builds its own",
-                                      choices=OPTIMIZERS)
+    optimizer: Optional[str] = option(None, help=f"torch.optim optimizer (none given: {DEFAULT_OPTIMIZER}); "
+                                                 "refused beside a DeepSpeed config's optimizer section, which "
+                                                 "builds its own", choices=OPTIMIZERS)
     adam_betas: Optional[tuple[float, float]] = option(None, help="Adam betas, e.g. 0.9,0.98 (none given: the "
-                                                                  "DeepSpeed config's, else 0.9,0.98)",
+                                                                  "DeepSpeed config's, else "
+                                                                  f"{DEFAULT_BETAS[0]},{DEFAULT_BETAS[1]})",
                                                        type=parse_betas)
     weight_decay: Optional[float] = option(None, help="weight decay of the optimizer (none given: the DeepSpeed "
-                                                      "config's, else 0)")
+                                                      f"config's, else {DEFAULT_WEIGHT_DECAY:g})")
     clip_norm: float = option(0.0, help="gradient clipping (0 = off; Admin needs none)")
     label_smoothing: float = option(0.1, help="label smoothing ε of the cross-entropy")
     omega_profile: Optional[str] = option(None, help="read ω from this profile file instead of profiling on "
@@ -174,6 +178,13 @@ class TrainConfig:
         if self.eval_bleu_lines is not None and self.eval_bleu_lines < 1:
             raise UserError(f"--eval-bleu-lines must be at least 1 (or left out for all lines), got "
                             f"{self.eval_bleu_lines}")
+
+    def torch_optimizer(self) -> tuple[str, tuple[float, float], float]:
+        """(name, betas, weight decay) of the torch optimizer, the defaults filled in where a flag was left out;
+        for runs whose DeepSpeed config has no optimizer section."""
+        return (self.optimizer or DEFAULT_OPTIMIZER,
+                self.adam_betas if self.adam_betas is not None else DEFAULT_BETAS,
+                self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY)
 
     def omega_given_by(self) -> Optional[str]:
         """The flag that sets ω's start without profiling (a file or a closed form); None: profile."""

@@ -19,7 +19,6 @@ from admin_ds.training.config import ModelChoice, TrainConfig
 # DeepSpeed computes the global gradient norm (which we log) only when clipping is on; a bound that is
 # never reached multiplies gradients by exactly 1, so this clips nothing.
 NO_CLIP = 1e12
-DEFAULT_BETAS = (0.9, 0.98)  # the Transformer's (Vaswani et al.), as both Admin references train
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
 
@@ -97,10 +96,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     parameters = parameter_groups(model, cfg, config)
     if "optimizer" in config:
         return parameters, None
-    betas = cfg.adam_betas if cfg.adam_betas is not None else DEFAULT_BETAS
-    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else 0.0
-    return parameters, OPTIMIZER_CLASSES[cfg.optimizer or "adam"](parameters, lr=cfg.lr, betas=betas,
-                                                                  weight_decay=weight_decay)
+    name, betas, weight_decay = cfg.torch_optimizer()
+    return parameters, OPTIMIZER_CLASSES[name](parameters, lr=cfg.lr, betas=betas, weight_decay=weight_decay)
 
 
 def resolve_model_config(choice: ModelChoice, save_dir: Path, data_info: DataInfo, resume: bool) -> ModelConfig:

@@ -34,7 +34,7 @@ TRAIN_FLAGS = (("encoder_layers", "--encoder-layers"), ("decoder_layers", "--dec
 # settings of runs already started, and so their right to resume, unchanged.
 ADMIN_FLAGS = (("omega_lr_scale", "--omega-lr-scale"),)
 # The same, for any run: a torch optimizer instead of the precision's default (torch Adam either way).
-OPTIMIZER_FLAG = ("optimizer", "--optimizer")
+ANY_RUN_FLAGS = (("optimizer", "--optimizer"),)
 REQUIRED = tuple(name for name, _ in TRAIN_FLAGS) + ("updates", "precision", "average_last", "beam", "score")
 PRECISIONS = {"bf16": "ds_configs/cpu_bf16.json", "fp32": None}  # one process: ZeRO-0 bf16 (docs/speed.md)
 # A run that names its optimizer needs a config without an optimizer section (which would replace it).
@@ -69,14 +69,14 @@ class Run:
         for name, flag in ADMIN_FLAGS:
             if name in self.settings and self.settings["residual"] == "admin":
                 flags += [flag, str(self.settings[name])]
-        name, flag = OPTIMIZER_FLAG
-        if name in self.settings:
-            flags += [flag, str(self.settings[name])]
+        for name, flag in ANY_RUN_FLAGS:
+            if name in self.settings:
+                flags += [flag, str(self.settings[name])]
         return flags
 
     def deepspeed_config(self) -> Optional[str]:
         """The DeepSpeed config for the run's precision (a path from the repository root; None: plain fp32)."""
-        configs = TORCH_OPTIMIZER_PRECISIONS if OPTIMIZER_FLAG[0] in self.settings else PRECISIONS
+        configs = TORCH_OPTIMIZER_PRECISIONS if "optimizer" in self.settings else PRECISIONS
         return configs[self.settings["precision"]]
 
 
@@ -166,6 +166,6 @@ def load_plan(path: Path) -> Plan:
             raise UserError(f"run {run.name!r} of {path} has no {', '.join(missing)}")
         if run.settings["precision"] not in PRECISIONS:
             raise UserError(f"run {run.name!r}: precision must be one of {sorted(PRECISIONS)}")
-        if run.settings.get("optimizer", OPTIMIZERS[0]) not in OPTIMIZERS:
+        if "optimizer" in run.settings and run.settings["optimizer"] not in OPTIMIZERS:
             raise UserError(f"run {run.name!r}: optimizer must be one of {', '.join(OPTIMIZERS)}")
     return Plan(raw.get("data", {}), raw.get("shapes", {}), runs)
