@@ -10,11 +10,9 @@ from admin_ds.cli import main
 
 if __name__ == "__main__":
     status = main(["train", *sys.argv[1:]])
-    from admin_ds.training.stopping import EXIT_STOPPED
-
-    if status not in (0, EXIT_STOPPED):  # a failure: exit as usual (the launcher's first report stays the dead rank's)
-        sys.exit(status)
-    # Finished, or stopped to be resumed: skip finalization, which can abort after the run (see the function).
+    # Every way out skips finalization, which can abort (SIGABRT) after the gloo groups were destroyed: after a
+    # finished or stopped run, and after a rank lost contact with a hung peer (the status would read -6, not 2,
+    # and the message would not be the last line). See the function.
     from admin_ds.training.engine import exit_skipping_finalization
 
     exit_skipping_finalization(status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from typing import Optional
 
@@ -58,9 +59,16 @@ def init_distributed(timeout_minutes: Optional[float] = None) -> tuple[int, int,
     return dist.get_rank(), dist.get_world_size(), device
 
 
+# DeepSpeed's launcher looks at its ranks once a second and reports the first failed one it sees; two
+# seconds is one look to spare.
+OUTLIVE_FAILED_PEER_S = 2.0
+
+
 def finish_distributed(peers_alive: bool = True) -> None:
     """Barrier then destroy: without it two-rank runs sometimes abort at exit after finishing. After a
-    collective failed (``peers_alive=False``) there is no one to meet at a barrier: destroy only."""
+    collective failed (``peers_alive=False``) there is no one to meet at a barrier: destroy only, then
+    wait ``OUTLIVE_FAILED_PEER_S`` so that a launcher's first report names the rank that failed, not this
+    one (which only lost contact and would otherwise exit within milliseconds of it)."""
     if dist.is_initialized():
         if peers_alive:
             dist.barrier()
@@ -68,6 +76,8 @@ def finish_distributed(peers_alive: bool = True) -> None:
         # torch's alone would leave them, and a second run in the same process (a test, a notebook) would
         # hand DeepSpeed a group of the dead world ("Group ... is not registered").
         deepspeed.comm.destroy_process_group()
+        if not peers_alive:
+            time.sleep(OUTLIVE_FAILED_PEER_S)
 
 
 def exit_skipping_finalization(status: int) -> None:
@@ -79,7 +89,9 @@ def exit_skipping_finalization(status: int) -> None:
     unregisters the gloo groups, but DeepSpeed still references them (ZeRO-3 parameters keep their group),
     so they are torn down during finalization, when their threads can no longer be joined cleanly. Seen
     with torch 2.13 and deepspeed 0.19.8 in 3 of about 40 two-rank launches with ZeRO-3 cases, after
-    barrier-then-destroy had removed the commoner form. Only for a process's last line. The atexit handlers
+    barrier-then-destroy had removed the commoner form; and once (in one full test suite) in a rank that had
+    lost contact with a hung (SIGSTOPped) peer and destroyed its groups: its status read -6, not 2. Hence for
+    every status, failures included. Only for a process's last line. The atexit handlers
     still run first (the run lock is given back by one), through CPython's ``atexit._run_exitfuncs``, the
     function its own shutdown calls (checked on CPython 3.11)."""
     import atexit
