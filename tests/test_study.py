@@ -321,7 +321,7 @@ def test_the_settings_table_counts_the_seeds_that_sat_on_a_plateau():
 
 
 def test_the_paper_table_puts_each_schemes_bleu_beside_the_papers():
-    from bench.study.report import paper_table
+    from bench.study.report import SCHEMES, paper_table
 
     def result(name, residual, seed, bleu, status="finished", omega="profile", updates=2600):
         return {"name": name, "shape": "deep", "status": status, "bleu": bleu, "updates_done": updates,
@@ -337,6 +337,10 @@ def test_the_paper_table_puts_each_schemes_bleu_beside_the_papers():
     assert "| WMT14 En-Fr 60L-12L (paper) | WMT14 newstest2014 | diverged | 43.10 | 43.80 | - |" in lines
     assert lines[-1] == ("| 36L-12L d=128 (ours) | Tatoeba de-en test | gave up at update 1200 "
                          "| 20.50 (20.00-21.00) (2 seeds) | 22.50 | not run yet |")
+    planned = {("deep", scheme) for scheme in SCHEMES if scheme != ("admin", "logn")}
+    assert paper_table(study, planned).splitlines()[-1].endswith("| 22.50 | not in the plan |")
+    planned.add(("deep", ("admin", "logn")))
+    assert paper_table(study, planned).splitlines()[-1].endswith("| 22.50 | not run yet |")
 
 
 @pytest.mark.slow

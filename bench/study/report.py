@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from admin_ds.io import write_text_atomic
 from bench.study.curves import PLATEAU_ABOVE_END, PLATEAU_UPDATES, sat_on_plateau, still_on_plateau
@@ -103,25 +104,27 @@ SCHEMES = (("post-ln", None), ("pre-ln", None), ("admin", "profile"), ("admin", 
 SEED_STYLES = ("o-", "s--", "^:")  # a scheme keeps its colour across seeds; its seeds differ in line and marker
 
 
-def _scheme_of(result: dict) -> tuple:
-    """The (scheme, ω start) column of SCHEMES a run belongs to."""
-    residual = result["settings"]["residual"]
-    return (residual, result["settings"].get("omega_init") if residual == "admin" else None)
+def _scheme_of(settings: dict) -> tuple:
+    """The (scheme, ω start) column of SCHEMES that a run with these settings belongs to."""
+    residual = settings["residual"]
+    return (residual, settings.get("omega_init") if residual == "admin" else None)
 
 
-def _bleu_cell(runs: list[dict]) -> str:
-    """BLEU of a scheme's runs at one shape: mean (range) over seeds, or what stopped them."""
+def _bleu_cell(runs: list[dict], planned: bool) -> str:
+    """BLEU of a scheme's runs at one shape: mean (range) over seeds, or what stopped them, or why there
+    are none (``planned``: the plan has such a run)."""
     if not runs:
-        return "not run yet"
+        return "not run yet" if planned else "not in the plan"
     scored = [r["bleu"] for r in runs if r["bleu"] is not None]
     if not scored:
         return " / ".join(f"{outcome_word(r)} at update {r['updates_done']}" for r in runs)
     return _spread(scored) + (f" ({len(scored)} seeds)" if len(scored) > 1 else "")
 
 
-def paper_table(study: list[dict]) -> str:
+def paper_table(study: list[dict], planned: Optional[set] = None) -> str:
     """The paper's BLEU per depth beside the study's, one column per scheme (Admin with ω from its
-    profile, and, ours only, from admin-torch's closed form)."""
+    profile, and, ours only, from admin-torch's closed form). ``planned``: the (shape, scheme) pairs of the
+    plan's study runs, which tell a cell still to come from one the plan leaves out (None: all to come)."""
     lines = ["| model | data | Post-LN | Pre-LN | Admin (profiled ω) | Admin (`logn` ω) |", "|" + "---|" * 6]
     for model, bleus in PAPER_BLEU:
         cells = ["diverged" if b is None else f"{b:.2f}" for b in bleus]
@@ -129,24 +132,27 @@ def paper_table(study: list[dict]) -> str:
     for shape in dict.fromkeys(r["shape"] for r in study):
         runs = [r for r in study if r["shape"] == shape]
         s = runs[0]["settings"]
-        cells = [_bleu_cell([r for r in runs if _scheme_of(r) == scheme]) for scheme in SCHEMES]
+        cells = [_bleu_cell([r for r in runs if _scheme_of(r["settings"]) == scheme],
+                            planned is None or (shape, scheme) in planned) for scheme in SCHEMES]
         lines.append(f"| {s['encoder_layers']}L-{s['decoder_layers']}L d={s['d_model']} (ours) "
                      f"| Tatoeba de-en test | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], plan: Optional[Plan] = None) -> str:
     machines = sorted({f"{r['cpu_model']} ({r['cpu_count']} cores, OMP_NUM_THREADS={r['omp_num_threads']})"
                        for r in results})
     parts = ["# The study's results (written by `python -m bench.study --summary`)", "",
              "Machines: " + "; ".join(machines) if machines else "No finished runs yet.", ""]
     study = [r for r in results if r["group"] == "study"]
     probes = [r for r in results if r["group"] != "study"]
+    planned = None if plan is None else {(run.shape, _scheme_of(run.settings)) for run in plan.runs
+                                         if run.group == "study"}
     if study:
         signatures = sorted({r["bleu_signature"] for r in study if r["bleu_signature"]})
         parts += ["## Trained models", "", study_table(study), "",
                   "BLEU signature: " + ("; ".join(f"`{s}`" for s in signatures) or "none scored yet"), "",
-                  "## Beside the paper (test BLEU)", "", paper_table(study), ""]
+                  "## Beside the paper (test BLEU)", "", paper_table(study, planned), ""]
     if probes:
         plateau = [r for r in probes if r["group"] == "plateau"]
         if plateau:
@@ -169,7 +175,7 @@ def plot_curves(results: list[dict], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         for r in (r for r in study if r["shape"] == shape):
-            scheme = _scheme_of(r)
+            scheme = _scheme_of(r["settings"])
             color = f"C{SCHEMES.index(scheme)}" if scheme in SCHEMES else None
             style = SEED_STYLES[(r["settings"]["seed"] - 1) % len(SEED_STYLES)]
             ax.plot(*zip(*r["dev_loss"]), style, color=color, markersize=2.5, label=r["name"])
@@ -240,6 +246,6 @@ def plot_plateau(results: list[dict], out: Path) -> Path | None:
 def write_summary(folder: Path, plan: Plan) -> list[Path]:
     results = read_results(folder, plan)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [write_text_atomic(folder / "summary.md", markdown(results))]
+    written = [write_text_atomic(folder / "summary.md", markdown(results, plan))]
     figures = [plot_curves(results, folder), plot_plateau(results, folder)]
     return written + [figure for figure in figures if figure]
